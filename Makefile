@@ -1,0 +1,54 @@
+# One entry point for people and CI. Everything installs into .venv from pyproject.toml.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test lint fmt clean bench-live bench-settle
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "settle needs Python 3.11+"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The demo: alice, bob and carol (password settle-demo), and a visible pending state.
+run: install
+	$(BIN)/settle demo
+	SETTLE_DELAY_MS=$${SETTLE_DELAY_MS:-1500} $(BIN)/settle run
+
+# SQLite always; then the whole suite again on PostgreSQL when one is reachable
+# ($TEST_DATABASE_URL, or a local server). The run creates and drops its own database.
+PG_URL ?= $(or $(TEST_DATABASE_URL),postgresql://postgres@127.0.0.1:5432/postgres)
+
+test: install
+	$(BIN)/pytest
+	@if $(BIN)/python -m tests.pg_reachable "$(PG_URL)"; then \
+		echo "== the suite again on PostgreSQL"; \
+		TEST_DATABASE_URL="$(PG_URL)" $(BIN)/pytest; \
+	else \
+		echo "== no PostgreSQL reachable at $(PG_URL): PostgreSQL run skipped"; \
+	fi
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+fmt: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+# WebSocket latency under load: starts its own redis, web and worker (about 20 s).
+bench-live: install
+	ulimit -n 20000 2>/dev/null || true; $(BIN)/python -u bench/live.py
+
+# Settled transfers/s with 1 and 2 workers, SQLite and (if reachable) PostgreSQL: 20,000
+# queued transfers each; own databases and bundled redis, all removed after (minutes).
+bench-settle: install
+	$(BIN)/python -u bench/settle_throughput.py --pg "$(PG_URL)"
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""arq worker for settle: settles transfers and sweeps stuck ones."""

@@ -1,0 +1,141 @@
+"""The arq worker: settlement jobs and the sweeper.
+
+The flow of one transfer here: ``settle_transfer`` (enqueued by the web process after the
+acceptance commit) → ``ledger.settle`` (one transaction, group commit) → publish events.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from typing import Any
+
+import sqlalchemy as sa
+from arq import Retry, Worker, cron
+from arq.connections import RedisSettings
+
+from server import ledger
+from server.db import Store
+from server.dispatch import SETTLE_JOB, Dispatcher
+from server.schema import now_us, transfers
+from server.settings import Settings
+
+log = logging.getLogger("settle.worker")
+
+
+async def startup(ctx: dict[str, Any]) -> None:
+    settings: Settings = ctx["settings"]
+    if "store" not in ctx:
+        store = Store(settings)
+        await store.connect()
+        ctx["store"], ctx["own_store"] = store, True
+    ctx["dispatch"] = Dispatcher(ctx["redis"], settings)
+
+
+async def shutdown(ctx: dict[str, Any]) -> None:
+    if ctx.get("own_store"):
+        await ctx["store"].disconnect()
+
+
+async def settle_transfer(ctx: dict[str, Any], transfer_id: str) -> int:
+    """Settle one transfer, and with it any other due pending ones (group commit).
+
+    Idempotent: a second run, or a run after another job already settled this transfer
+    in its batch, settles nothing. Returns how many transfers this run settled.
+    """
+    settings: Settings = ctx["settings"]
+    ready_before = now_us() - settings.settle_delay_ms * 1000 + 1
+    events = await ledger.settle(
+        ctx["store"],
+        transfer_id,
+        settings.settle_batch_size,
+        ready_before,
+        before_commit=_crash if settings.crash_point == "settle-before-commit" else None,
+    )
+    await ctx["dispatch"].publish(events)
+    settled = len(events) // 2
+    if settled:
+        log.info("settled %d transfers (job for %s)", settled, transfer_id)
+    if transfer_id not in {e.message["transfer"]["id"] for e in events}:
+        still = await ctx["store"].fetch_val(
+            sa.select(transfers.c.status).where(transfers.c.id == transfer_id)
+        )
+        if still == "pending":
+            # Another settlement transaction was running (PostgreSQL): try again shortly;
+            # that one has likely settled this transfer in its batch by then.
+            raise Retry(defer=0.05)
+    return settled
+
+
+def _crash() -> None:
+    log.error("SETTLE_CRASH_POINT=settle-before-commit: killing this worker mid-transaction")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+async def sweep(ctx: dict[str, Any]) -> int:
+    """Re-enqueue transfers pending well past their due time; their job was lost
+    (a crash between commit and enqueue, or a Redis restart without persistence).
+
+    Runs safely in any number of workers: enqueueing uses the transfer's job id, which
+    arq refuses to queue twice, and settlement is exactly once in the database anyway.
+    Transfers stuck three times as long (their job id held by a killed worker's job,
+    say) are settled here directly rather than wait on arq.
+    """
+    settings: Settings = ctx["settings"]
+    store: Store = ctx["store"]
+    due = now_us() - (settings.settle_delay_ms + settings.sweep_after_ms) * 1000
+    stuck = await ledger.pending_older_than(store, due)
+    if not stuck:
+        return 0
+    log.warning("sweeper: re-enqueueing %d pending transfers", len(stuck))
+    await ctx["dispatch"].enqueue_settlement(stuck)
+    very_late = now_us() - (settings.settle_delay_ms + 3 * settings.sweep_after_ms) * 1000
+    for transfer_id in await ledger.pending_older_than(store, very_late):
+        events = await ledger.settle(store, transfer_id, 1, 0)
+        await ctx["dispatch"].publish(events)
+    return len(stuck)
+
+
+def create_worker(
+    settings: Settings,
+    redis_settings: RedisSettings,
+    *,
+    burst: bool = False,
+    handle_signals: bool = True,
+    store: Store | None = None,
+) -> Worker:
+    """The arq worker for these settings (``settle worker`` runs it; tests burst it)."""
+    every = max(settings.sweep_interval_s, 1)
+    sweeper = cron(
+        sweep,
+        name=f"{settings.redis_prefix}:sweep",
+        second=set(range(0, 60, every)),
+        run_at_startup=True,
+        unique=True,
+        timeout=60,
+    )
+    return Worker(
+        functions=[settle_transfer],
+        # A burst worker stops when the queue is empty, which a scheduled cron job never is.
+        cron_jobs=[] if burst else [sweeper],
+        queue_name=settings.queue_name,
+        redis_settings=redis_settings,
+        on_startup=startup,
+        on_shutdown=shutdown,
+        ctx={"settings": settings} if store is None else {"settings": settings, "store": store},
+        burst=burst,
+        handle_signals=handle_signals,
+        # A queued job starts within ~2 ms, not arq's default 0.5 s.
+        poll_delay=0.002 if not burst else 0,
+        job_timeout=settings.job_timeout_s,
+        # No stored results: a job id is free again as soon as its job ends, so the
+        # sweeper is never blocked by a stale arq:result key.
+        keep_result=0,
+        max_tries=1000,
+        max_jobs=20,
+        health_check_key=f"{settings.queue_name}:health-check",
+    )
+
+
+assert SETTLE_JOB == settle_transfer.__name__

@@ -1,0 +1,1 @@
+"""settle: real-time money transfers with a double-entry ledger."""

@@ -1,0 +1,287 @@
+"""The ``settle`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+from server import auth, errors, ledger
+from server.audit import audit
+from server.db import Store, create_schema
+from server.money import parse_amount
+from server.redisbox import bundled_redis, redis_settings
+from server.settings import ConfigError, Settings
+
+DEMO_PASSWORD = "settle-demo"  # noqa: S105 (printed to the user on purpose)
+DEMO_USERS = (("alice", "1000.00"), ("bob", "500.00"), ("carol", "250.00"))
+
+log = logging.getLogger("settle")
+
+
+@contextlib.contextmanager
+def resolved(settings: Settings) -> Iterator[Settings]:
+    """Settings with a usable REDIS_URL: the configured one, or the bundled server."""
+    if settings.redis_url is not None:
+        yield settings
+        return
+    with bundled_redis(settings.var_dir) as url:
+        # Child processes (uvicorn workers) read settings from the environment too.
+        os.environ["REDIS_URL"] = url
+        yield dataclasses.replace(settings, redis_url=url)
+
+
+async def with_store(settings: Settings, fn: Callable[[Store], Awaitable[Any]]) -> Any:
+    store = Store(settings)
+    await store.connect()
+    try:
+        await create_schema(store)
+        return await fn(store)
+    finally:
+        await store.disconnect()
+
+
+def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    async def go(store: Store) -> None:
+        pass  # create_schema already ran in with_store
+
+    asyncio.run(with_store(settings, go))
+    print("database schema is up to date")
+    return 0
+
+
+async def _create_user(store: Store, name: str, password: str, deposit: int | None) -> str:
+    _, account_id = await ledger.create_user(store, name, auth.hash_password(password))
+    if deposit:
+        await ledger.deposit(store, account_id, deposit)
+    return account_id
+
+
+def cmd_user_create(settings: Settings, args: argparse.Namespace) -> int:
+    deposit = parse_amount(args.deposit, "deposit") if args.deposit else None
+    account_id = asyncio.run(
+        with_store(settings, lambda s: _create_user(s, args.name, args.password, deposit))
+    )
+    print(f"created user {args.name} with account {account_id}")
+    return 0
+
+
+def cmd_account_status(settings: Settings, args: argparse.Namespace) -> int:
+    status = "frozen" if args.action == "freeze" else "active"
+    asyncio.run(with_store(settings, lambda s: ledger.set_status(s, args.id, status)))
+    print(f"account {args.id} is now {status}")
+    return 0
+
+
+async def create_demo(store: Store) -> list[tuple[str, str]]:
+    made = []
+    for name, amount in DEMO_USERS:
+        try:
+            account_id = await _create_user(store, name, DEMO_PASSWORD, parse_amount(amount))
+        except errors.InvalidField:
+            continue  # already there: the demo is idempotent
+        made.append((name, account_id))
+    return made
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    made = asyncio.run(with_store(settings, create_demo))
+    for name, account_id in made:
+        print(f"created demo user {name} (password {DEMO_PASSWORD}), account {account_id}")
+    if not made:
+        print("demo users already exist")
+    return 0
+
+
+def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
+    report = asyncio.run(with_store(settings, audit))
+    print(report.render())
+    return 0 if report.ok else 1
+
+
+def cmd_web(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    with resolved(settings) as s:
+        asyncio.run(with_store(s, lambda store: asyncio.sleep(0)))
+        uvicorn.run(
+            "server.app:from_env",
+            factory=True,
+            host=s.host,
+            port=s.port,
+            workers=args.workers,
+            proxy_headers=True,
+            log_level="info",
+            access_log=False,
+        )
+    return 0
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    with resolved(settings) as s:
+        asyncio.run(_work(s))
+    return 0
+
+
+async def _work(settings: Settings) -> None:
+    """Run the worker until SIGTERM/SIGINT, then always release the database.
+
+    We own the signals rather than arq: its shutdown path can raise CancelledError
+    before on_shutdown runs, and an open aiosqlite thread would keep the process alive.
+    """
+    from jobs.worker import create_worker
+
+    assert settings.redis_url is not None
+    store = Store(settings)
+    await store.connect()
+    worker = create_worker(
+        settings,
+        redis_settings(settings, settings.redis_url),
+        handle_signals=False,
+        store=store,
+    )
+    try:
+        await _until_signal(worker.main())
+    finally:
+        await _close_worker(worker)
+        await store.disconnect()
+
+
+async def _until_signal(main: Awaitable[Any]) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    task = asyncio.ensure_future(main)
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait([task, stopper], return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    if task.done():
+        task.result()
+    else:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _close_worker(worker: Any) -> None:
+    # A job cancelled at shutdown rolls its transaction back; the sweeper re-runs it.
+    with contextlib.suppress(asyncio.CancelledError):
+        await worker.close()
+
+
+def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    with resolved(settings) as s:
+        asyncio.run(_run_all(s))
+    return 0
+
+
+async def _run_all(settings: Settings) -> None:
+    """Web and worker in one event loop, sharing one database handle (one write lock)."""
+    import uvicorn
+
+    from jobs.worker import create_worker
+    from server.app import create_app
+
+    assert settings.redis_url is not None
+    store = Store(settings)
+    await store.connect()
+    await create_schema(store)
+    users = await store.fetch_all("SELECT username FROM users WHERE username != 'bank'")
+    url = f"http://{settings.host}:{settings.port}/"
+    print(f"\n  settle is running at {url}")
+    if users:
+        names = ", ".join(sorted(r["username"] for r in users))
+        print(f"  users: {names}  (demo password: {DEMO_PASSWORD})")
+    print("  press Ctrl+C to stop\n", flush=True)
+    app = create_app(settings, store=store)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host=settings.host, port=settings.port, log_level="info", access_log=False
+        )
+    )
+    worker = create_worker(
+        settings, redis_settings(settings, settings.redis_url), handle_signals=False, store=store
+    )
+    worker_task = asyncio.create_task(worker.main())
+    try:
+        await server.serve()
+    finally:
+        worker_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker_task
+        await _close_worker(worker)
+        await store.disconnect()
+
+
+def cmd_watch(settings: Settings, args: argparse.Namespace) -> int:
+    from server.watch import run
+
+    url = args.url or f"http://{settings.host}:{settings.port}"
+    return run(url, args.account, args.token, args.username, args.password, args.since)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="settle", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="web + worker (+ bundled Redis) in one process").set_defaults(
+        fn=cmd_run
+    )
+    web = sub.add_parser("web", help="the web server (HTTP API, pages, WebSocket)")
+    web.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "1")))
+    web.set_defaults(fn=cmd_web)
+    sub.add_parser("worker", help="the arq worker that settles transfers").set_defaults(
+        fn=cmd_worker
+    )
+    sub.add_parser("migrate", help="create or upgrade the database schema").set_defaults(
+        fn=cmd_migrate
+    )
+    user = sub.add_parser("user", help="manage users").add_subparsers(dest="action", required=True)
+    create = user.add_parser("create", help="create a user with one account")
+    create.add_argument("name")
+    create.add_argument("--password", required=True)
+    create.add_argument("--deposit", help="fund the account from the bank, e.g. 100.00")
+    create.set_defaults(fn=cmd_user_create)
+    account = sub.add_parser("account", help="freeze or unfreeze an account")
+    account.add_argument("action", choices=["freeze", "unfreeze"])
+    account.add_argument("id")
+    account.set_defaults(fn=cmd_account_status)
+    sub.add_parser("demo", help="create demo users with balances").set_defaults(fn=cmd_demo)
+    sub.add_parser("audit", help="check every ledger invariant (exit 1 on violation)").set_defaults(
+        fn=cmd_audit
+    )
+    watch = sub.add_parser("watch", help="print an account's live events as JSON lines")
+    watch.add_argument("account")
+    watch.add_argument("--since", type=int, help="replay the events after this seq first")
+    watch.add_argument("--token", help="an API token (or give --username and --password)")
+    watch.add_argument("--username")
+    watch.add_argument("--password")
+    watch.add_argument("--url", help="the settle server (default: http://HOST:PORT)")
+    watch.set_defaults(fn=cmd_watch)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``settle`` console script."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    args = parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        return int(args.fn(settings, args))
+    except ConfigError as exc:
+        print(f"settle: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except errors.SettleError as exc:
+        print(f"settle: {exc.message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

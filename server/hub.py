@@ -1,0 +1,221 @@
+"""The in-process fan-out of committed account events to WebSocket subscribers.
+
+Each web process holds ONE Redis pub/sub connection (``PSUBSCRIBE {prefix}:events:*``)
+and hands every event to the subscriptions of its account without awaiting them: each
+subscription has a bounded queue, and one that overflows is marked for closing (1013)
+instead of slowing the publisher or its neighbours.
+
+Pub/sub is at-most-once, and the database log (``account_events``) is the truth, so
+each subscription delivers in ``seq`` order, exactly once, by catching up from the log
+whenever it sees a gap, after every Redis reconnect, and on every heartbeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import random
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from server import ledger
+from server.db import Store
+from server.schema import account_events, accounts
+from server.settings import Settings
+
+log = logging.getLogger("settle.hub")
+
+
+@dataclasses.dataclass(frozen=True)
+class Outgoing:
+    """One message for a socket, already serialized: fan-out encodes it once for all."""
+
+    seq: int
+    text: str
+    is_event: bool = True
+
+    def message(self) -> dict[str, Any]:
+        data: dict[str, Any] = orjson.loads(self.text)
+        return data
+
+
+# Put in a subscription's queue after a Redis reconnect: "events may have been lost".
+RESYNC = Outgoing(seq=-1, text="", is_event=False)
+
+
+class Subscription:
+    """One socket's view of one account: a bounded inbox plus the last seq it was sent."""
+
+    def __init__(self, hub: Hub, account_id: str, owner: str, since: int, size: int) -> None:
+        self.hub = hub
+        self.account_id = account_id
+        self.owner = owner
+        self.last_seq = since
+        self.queue: asyncio.Queue[Outgoing] = asyncio.Queue(maxsize=size)
+        # Set by the fan-out when the inbox overflows; the socket's owner closes with 1013.
+        self.overflowed = asyncio.Event()
+
+    def offer(self, item: Outgoing) -> None:
+        """Queue without waiting (called from the fan-out loop, never blocks)."""
+        if self.overflowed.is_set():
+            return
+        try:
+            self.queue.put_nowait(item)
+        except asyncio.QueueFull:
+            self.overflowed.set()
+            self.hub.unsubscribe(self)
+
+    async def next(self) -> list[Outgoing]:
+        """Wait for the next live item; return what to send now, in seq order."""
+        return await self.deliver(await self.queue.get())
+
+    async def deliver(self, item: Outgoing) -> list[Outgoing]:
+        """Turn one queued item into the messages to send: drop what was already sent,
+        fill a gap from the log first, resync from the log after a reconnect."""
+        if item is RESYNC or item.seq > self.last_seq + 1:
+            return await self.catch_up()
+        if item.seq <= self.last_seq:
+            return []
+        self.last_seq = item.seq
+        return [item]
+
+    async def catch_up(self) -> list[Outgoing]:
+        """Every logged event after ``last_seq``, or one snapshot if there are too many
+        (or if the client claims a seq the account never reached)."""
+        store, cap = self.hub.store, self.hub.settings.replay_cap
+        row = await store.fetch_one(sa.select(accounts).where(accounts.c.id == self.account_id))
+        if row is None or row["seq"] == self.last_seq:
+            return []
+        if row["seq"] - self.last_seq > cap or row["seq"] < self.last_seq:
+            self.last_seq = row["seq"]
+            return [snapshot(row, self.owner)]
+        rows = await store.fetch_all(
+            sa.select(account_events.c.seq, account_events.c.payload)
+            .where(
+                account_events.c.account_id == self.account_id,
+                account_events.c.seq > self.last_seq,
+            )
+            .order_by(account_events.c.seq)
+        )
+        out = [Outgoing(r["seq"], r["payload"]) for r in rows]
+        if out:
+            self.last_seq = out[-1].seq
+        return out
+
+
+def snapshot(row: Any, owner: str) -> Outgoing:
+    """The whole account as one message, sent instead of a replay that is too long."""
+    message = {
+        "type": "snapshot",
+        "account": row["id"],
+        "seq": row["seq"],
+        "account_state": ledger.account_of(row, owner),
+        "balance": ledger.balance_of(row),
+    }
+    return Outgoing(row["seq"], orjson.dumps(message).decode(), is_event=False)
+
+
+class Hub:
+    """The process's one Redis subscription and the sockets' subscriptions, by account."""
+
+    def __init__(self, settings: Settings, store: Store) -> None:
+        assert settings.redis_url is not None
+        self.settings = settings
+        self.store = store
+        self.queue_size = settings.ws_queue_size
+        self._subs: dict[str, set[Subscription]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.connected = asyncio.Event()
+        self._pattern = f"{settings.redis_prefix}:events:*"
+        self._prefix_len = len(self._pattern) - 1
+
+    async def start(self, wait_s: float = 5.0) -> None:
+        """Start listening; wait (a bounded time) for the first subscription, so events
+        published once the app serves are not missed. Redis down: keep trying behind."""
+        self._task = asyncio.create_task(self._run(), name="settle-hub")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.connected.wait(), wait_s)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def subscribe(self, account_id: str, owner: str, since: int) -> Subscription:
+        """Register before replaying, so no live event falls between replay and live."""
+        sub = Subscription(self, account_id, owner, since, self.queue_size)
+        self._subs.setdefault(account_id, set()).add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        subs = self._subs.get(sub.account_id)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._subs[sub.account_id]
+
+    @property
+    def subscriber_count(self) -> int:
+        return sum(len(s) for s in self._subs.values())
+
+    def fan_out(self, account_id: str, data: bytes) -> None:
+        """Hand one published event to every subscription of its account, at once."""
+        subs = self._subs.get(account_id)
+        if not subs:
+            return
+        try:
+            seq = int(orjson.loads(data)["seq"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            log.warning("ignoring a malformed event on %s", account_id)
+            return
+        item = Outgoing(seq, data.decode())
+        for sub in list(subs):
+            sub.offer(item)
+
+    def _resync_all(self) -> None:
+        for subs in list(self._subs.values()):
+            for sub in list(subs):
+                sub.offer(RESYNC)
+
+    async def _run(self) -> None:
+        delay = 0.05
+        while True:
+            client = Redis.from_url(self.settings.redis_url or "")
+            pubsub = client.pubsub()
+            try:
+                await pubsub.psubscribe(self._pattern)
+                # The subscription is confirmed before the resync reads the log, so an
+                # event is either in what the resync reads or arrives live (or both).
+                async for msg in pubsub.listen():
+                    if msg["type"] == "psubscribe":
+                        self.connected.set()
+                        self._resync_all()
+                        delay = 0.05
+                    elif msg["type"] == "pmessage":
+                        channel = msg["channel"].decode()
+                        self.fan_out(channel[self._prefix_len :], msg["data"])
+                raise ConnectionError("pub/sub connection ended")
+            except (RedisError, OSError) as exc:
+                if self.connected.is_set():
+                    log.warning("redis pub/sub lost, reconnecting: %r", exc)
+                self.connected.clear()
+            except Exception:
+                # A bug here must not silently end live delivery for the whole process.
+                log.exception("hub failed, restarting it")
+                self.connected.clear()
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+                with contextlib.suppress(Exception):
+                    await client.aclose()
+            # Exponential backoff with jitter: every web process reconnects, not at once.
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 5.0)

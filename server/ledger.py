@@ -1,0 +1,627 @@
+"""Ledger operations: the transfer state machine and the double-entry rules.
+
+Plain async functions over a ``Store``; they know nothing of HTTP, arq or Redis. Each
+operation is one database transaction that changes balances, appends one event per
+touched account (with the account's next ``seq``) and returns those events, which the
+caller publishes after the commit.
+
+Locking: every account row is updated in ascending id order within a transaction, so
+two transactions touching the same two accounts on PostgreSQL queue instead of deadlocking.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+
+from server import errors
+from server.db import Conn, Store
+from server.money import format_amount
+from server.schema import (
+    account_events,
+    accounts,
+    idempotency_keys,
+    ledger_entries,
+    new_id,
+    now_us,
+    transfers,
+    users,
+)
+
+Row = Any  # a databases Record: mapping-like
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    """One appended account event: what the stream sends, and the log replays."""
+
+    account_id: str
+    seq: int
+    message: dict[str, Any]
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.message)
+
+
+@dataclasses.dataclass(frozen=True)
+class Accepted:
+    transfer: dict[str, Any]
+    balance: dict[str, str]
+    events: list[Event]
+    replayed: bool = False
+    response: bytes = b""
+
+
+def iso(us: int | None) -> str | None:
+    if us is None:
+        return None
+    return datetime.fromtimestamp(us / 1_000_000, tz=UTC).isoformat(timespec="milliseconds")
+
+
+def balance_of(row: Row) -> dict[str, str]:
+    posted, debits, credits = row["posted"], row["pending_debits"], row["pending_credits"]
+    return {
+        "posted": format_amount(posted),
+        "pending_debits": format_amount(debits),
+        "pending_credits": format_amount(credits),
+        "available": format_amount(posted - debits),
+        "projected": format_amount(posted - debits + credits),
+    }
+
+
+def account_of(row: Row, owner: str) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "name": row["name"],
+        "owner": owner,
+        "currency": row["currency"],
+        "status": row["status"],
+        "balance": balance_of(row),
+        "seq": row["seq"],
+    }
+
+
+def transfer_of(row: Row) -> dict[str, Any]:
+    created, settled = row["created_at"], row["settled_at"]
+    return {
+        "id": row["id"],
+        "from_account": row["from_account"],
+        "to_account": row["to_account"],
+        "amount": format_amount(row["amount"]),
+        "currency": row["currency"],
+        "memo": row["memo"],
+        "status": row["status"],
+        "failure_reason": row["failure_reason"],
+        "created_at": iso(created),
+        "settled_at": iso(settled),
+        # The consistency window this transfer went through, shown to users as
+        # "settled in 4 ms".
+        "settled_in_ms": None if settled is None else round((settled - created) / 1000, 1),
+    }
+
+
+_BALANCE_COLS = (
+    accounts.c.id,
+    accounts.c.posted,
+    accounts.c.pending_debits,
+    accounts.c.pending_credits,
+    accounts.c.seq,
+    accounts.c.status,
+    accounts.c.kind,
+)
+
+
+_MOVE = (
+    accounts.update()
+    .where(accounts.c.id == sa.bindparam("acct"))
+    .values(
+        posted=accounts.c.posted + sa.bindparam("d_posted"),
+        pending_debits=accounts.c.pending_debits + sa.bindparam("d_debits"),
+        pending_credits=accounts.c.pending_credits + sa.bindparam("d_credits"),
+        seq=accounts.c.seq + 1,
+    )
+    .returning(*_BALANCE_COLS)
+)
+# The reservation: applied only if the account is active and can spend ``need`` now,
+# checked and applied in one statement (atomic on SQLite and PostgreSQL).
+_RESERVE = _MOVE.where(
+    accounts.c.status == "active",
+    sa.or_(
+        accounts.c.kind == "funding",
+        accounts.c.posted - accounts.c.pending_debits >= sa.bindparam("need"),
+    ),
+)
+# PostgreSQL: the advisory lock key of "settling now", and a batch small enough that the
+# account rows it locks are not held from acceptances for long (~10 ms per transfer).
+_SETTLE_LOCK = 0x5E771E
+PG_BATCH_CAP = 100
+_INSERT_EVENT = account_events.insert()
+_INSERT_TRANSFER = transfers.insert()
+_INSERT_ENTRY = ledger_entries.insert()
+_ACCOUNT = sa.select(accounts).where(accounts.c.id == sa.bindparam("acct"))
+_OWN_ACCOUNT = _ACCOUNT.where(accounts.c.user_id == sa.bindparam("uid"))
+_CLAIM = (
+    transfers.update()
+    .where(transfers.c.id == sa.bindparam("tid"), transfers.c.status == "pending")
+    .values(
+        status=sa.bindparam("outcome"),
+        failure_reason=sa.bindparam("reason"),
+        settled_at=sa.bindparam("at"),
+    )
+    .returning(*transfers.c)
+)
+
+
+async def _move(
+    conn: Conn, account_id: str, change: dict[str, int], need: int | None = None
+) -> Row | None:
+    """Add ``change`` (posted / pending_debits / pending_credits deltas) to an account's
+    balances and take its next event seq, in one atomic UPDATE.
+
+    With ``need``, this is a reservation: it happens only if the account is active and
+    its available balance covers ``need``; otherwise nothing changes and None is returned.
+    """
+    values = {
+        "acct": account_id,
+        "d_posted": change.get("posted", 0),
+        "d_debits": change.get("pending_debits", 0),
+        "d_credits": change.get("pending_credits", 0),
+    }
+    if need is None:
+        return await conn.fetch_one(_MOVE, values)
+    return await conn.fetch_one(_RESERVE, {**values, "need": need})
+
+
+async def _append(conn: Conn, account: Row, type_: str, transfer: dict[str, Any], at: int) -> Event:
+    message = {
+        "type": type_,
+        "account": account["id"],
+        "seq": account["seq"],
+        "transfer": transfer,
+        "balance": balance_of(account),
+    }
+    payload = orjson.dumps(message).decode()
+    await conn.execute(
+        _INSERT_EVENT,
+        {
+            "account_id": account["id"],
+            "seq": account["seq"],
+            "type": type_,
+            "transfer_id": transfer["id"],
+            "payload": payload,
+            "created_at": at,
+        },
+    )
+    return Event(account["id"], account["seq"], message)
+
+
+async def _move_pair(
+    conn: Conn,
+    src: str,
+    dst: str,
+    src_change: dict[str, int],
+    dst_change: dict[str, int],
+    need: int | None = None,
+) -> tuple[Row | None, Row | None]:
+    """Apply both account changes in ascending id order (the deadlock-free order)."""
+    if src < dst:
+        src_row = await _move(conn, src, src_change, need)
+        if src_row is None:
+            return None, None
+        return src_row, await _move(conn, dst, dst_change)
+    dst_row = await _move(conn, dst, dst_change)
+    return await _move(conn, src, src_change, need), dst_row
+
+
+def request_hash(from_account: str, to_account: str, amount: int, memo: str) -> str:
+    body = orjson.dumps([from_account, to_account, amount, memo])
+    return hashlib.sha256(body).hexdigest()
+
+
+async def _replay(store: Store, user_id: str, key: str, digest: str) -> Accepted | None:
+    row = await store.fetch_one(
+        sa.select(idempotency_keys).where(
+            idempotency_keys.c.user_id == user_id, idempotency_keys.c.key == key
+        )
+    )
+    if row is None:
+        return None
+    if row["request_hash"] != digest:
+        raise errors.IdempotencyKeyReused(
+            "this Idempotency-Key was already used for a different transfer"
+        )
+    return Accepted({}, {}, [], replayed=True, response=row["response"].encode())
+
+
+class _KeyTaken(Exception):
+    """Another request with the same idempotency key committed first."""
+
+
+async def accept_transfer(
+    store: Store,
+    user_id: str,
+    from_account: str,
+    to_account: str,
+    amount: int,
+    memo: str = "",
+    idempotency_key: str | None = None,
+) -> Accepted:
+    """Accept a transfer as pending: reserve the amount and log the events, atomically."""
+    digest = request_hash(from_account, to_account, amount, memo)
+    if idempotency_key is not None:
+        replay = await _replay(store, user_id, idempotency_key, digest)
+        if replay is not None:
+            return replay
+
+    src = await store.fetch_one(_OWN_ACCOUNT, {"acct": from_account, "uid": user_id})
+    if src is None:
+        raise errors.AccountNotFound("no such account of yours", "from_account")
+    dst = await store.fetch_one(_ACCOUNT, {"acct": to_account})
+    if dst is None or dst["kind"] != "user":
+        raise errors.AccountNotFound("no such recipient account", "to_account")
+    if src["id"] == dst["id"]:
+        raise errors.SameAccount("cannot transfer to the same account", "to_account")
+    if src["currency"] != dst["currency"]:
+        raise errors.CurrencyMismatch(
+            f"accounts hold different currencies ({src['currency']} and {dst['currency']})",
+            "to_account",
+        )
+    for row, field in ((src, "from_account"), (dst, "to_account")):
+        if row["status"] != "active":
+            raise errors.AccountFrozen("the account is frozen", field)
+
+    at = now_us()
+    transfer_id = new_id("tr")
+    try:
+        async with store.write() as conn:
+            src_row, dst_row = await _move_pair(
+                conn,
+                from_account,
+                to_account,
+                {"pending_debits": amount},
+                {"pending_credits": amount},
+                need=amount,
+            )
+            if src_row is None or dst_row is None:
+                # Re-read inside the transaction to say which rule refused it.
+                now = await conn.fetch_one(sa.select(accounts).where(accounts.c.id == from_account))
+                if now is not None and now["status"] != "active":
+                    raise errors.AccountFrozen("the account is frozen", "from_account")
+                raise errors.InsufficientFunds(
+                    "the available balance is lower than the amount", "amount"
+                )
+            if dst_row["status"] != "active":
+                raise errors.AccountFrozen("the account is frozen", "to_account")
+            values = {
+                "id": transfer_id,
+                "from_account": from_account,
+                "to_account": to_account,
+                "amount": amount,
+                "currency": src["currency"],
+                "memo": memo,
+                "status": "pending",
+                "failure_reason": None,
+                "created_by": user_id,
+                "created_at": at,
+                "settled_at": None,
+            }
+            await conn.execute(_INSERT_TRANSFER, values)
+            transfer = transfer_of(values)
+            events = [
+                await _append(conn, src_row, "transfer.pending", transfer, at),
+                await _append(conn, dst_row, "transfer.pending", transfer, at),
+            ]
+            balance = balance_of(src_row)
+            response = orjson.dumps({**transfer, "balance": balance})
+            if idempotency_key is not None:
+                taken = await conn.fetch_one(
+                    store.insert(idempotency_keys)
+                    .values(
+                        user_id=user_id,
+                        key=idempotency_key,
+                        request_hash=digest,
+                        transfer_id=transfer_id,
+                        response=response.decode(),
+                        created_at=at,
+                    )
+                    .on_conflict_do_nothing()
+                    .returning(idempotency_keys.c.key)
+                )
+                if taken is None:
+                    raise _KeyTaken
+    except _KeyTaken:
+        # Lost the race to an identical request: everything above was rolled back.
+        replay = await _replay(store, user_id, idempotency_key or "", digest)
+        assert replay is not None
+        return replay
+    return Accepted(transfer, balance, events, response=response)
+
+
+async def settle(
+    store: Store,
+    transfer_id: str,
+    batch_size: int,
+    ready_before: int,
+    before_commit: Callable[[], None] | None = None,
+) -> list[Event]:
+    """Settle ``transfer_id`` and, in the same transaction, up to ``batch_size - 1`` other
+    pending transfers accepted before ``ready_before`` (group commit), in acceptance order.
+
+    Exactly once per transfer: each is claimed by ``UPDATE ... WHERE status = 'pending'``
+    inside the transaction that posts its entries, so a second run, or a run racing another
+    worker, finds nothing to claim; a run killed mid-way commits nothing.
+
+    On PostgreSQL one settlement transaction runs at a time (an advisory lock): batches
+    that ran concurrently would queue on the same account rows for longer than the job
+    timeout. A run that finds the lock taken settles nothing; the caller retries.
+    """
+    if not store.is_sqlite:
+        batch_size = min(batch_size, PG_BATCH_CAP)
+    async with store.write() as conn:
+        if not store.is_sqlite:
+            got = await conn.fetch_val(sa.select(sa.func.pg_try_advisory_xact_lock(_SETTLE_LOCK)))
+            if not got:
+                return []
+        own = sa.select(transfers).where(
+            transfers.c.id == transfer_id, transfers.c.status == "pending"
+        )
+        others = (
+            sa.select(transfers)
+            .where(
+                transfers.c.status == "pending",
+                transfers.c.created_at < ready_before,
+                transfers.c.id != transfer_id,
+            )
+            .order_by(transfers.c.created_at, transfers.c.id)
+            .limit(max(batch_size - 1, 0))
+        )
+        if not store.is_sqlite:
+            own = own.with_for_update(skip_locked=True)
+            others = others.with_for_update(skip_locked=True)
+        batch = list(await conn.fetch_all(own))
+        if batch_size > 1:
+            batch += await conn.fetch_all(others)
+        if not batch:
+            return []
+        batch.sort(key=lambda r: (r["created_at"], r["id"]))
+        touched = sorted({r["from_account"] for r in batch} | {r["to_account"] for r in batch})
+        # Lock every account the batch touches, in id order, before changing any.
+        locked = await conn.fetch_all(
+            store.for_update(
+                sa.select(accounts.c.id, accounts.c.status)
+                .where(accounts.c.id.in_(touched))
+                .order_by(accounts.c.id)
+            )
+        )
+        status = {r["id"]: r["status"] for r in locked}
+        events: list[Event] = []
+        for row in batch:
+            if status.get(row["to_account"]) == "frozen":
+                events += await _finish(conn, row, "failed", "account_frozen")
+            else:
+                events += await _finish(conn, row, "completed", None)
+        if before_commit is not None:
+            before_commit()
+        return events
+
+
+async def _finish(conn: Conn, row: Row, outcome: str, reason: str | None) -> list[Event]:
+    at = now_us()
+    claimed = await conn.fetch_one(
+        _CLAIM, {"tid": row["id"], "outcome": outcome, "reason": reason, "at": at}
+    )
+    if claimed is None:
+        return []
+    amount = claimed["amount"]
+    if outcome == "completed":
+        src_change = {"posted": -amount, "pending_debits": -amount}
+        dst_change = {"posted": amount, "pending_credits": -amount}
+    else:
+        src_change = {"pending_debits": -amount}
+        dst_change = {"pending_credits": -amount}
+    src_row, dst_row = await _move_pair(
+        conn, claimed["from_account"], claimed["to_account"], src_change, dst_change
+    )
+    assert src_row is not None and dst_row is not None
+    if outcome == "completed":
+        await _post_entries(conn, claimed, at)
+    transfer = transfer_of(claimed)
+    return [
+        await _append(conn, src_row, f"transfer.{outcome}", transfer, at),
+        await _append(conn, dst_row, f"transfer.{outcome}", transfer, at),
+    ]
+
+
+async def _post_entries(conn: Conn, transfer: Row, at: int) -> None:
+    amount = transfer["amount"]
+    await conn.execute_many(
+        _INSERT_ENTRY,
+        [
+            {
+                "transfer_id": transfer["id"],
+                "account_id": transfer["from_account"],
+                "amount": -amount,
+                "created_at": at,
+            },
+            {
+                "transfer_id": transfer["id"],
+                "account_id": transfer["to_account"],
+                "amount": amount,
+                "created_at": at,
+            },
+        ],
+    )
+
+
+async def cancel_transfer(
+    store: Store, user_id: str, transfer_id: str
+) -> tuple[dict[str, Any], list[Event]]:
+    """Cancel a pending transfer on behalf of its sender, releasing the reservation."""
+    row = await store.fetch_one(
+        sa.select(transfers)
+        .join(accounts, accounts.c.id == transfers.c.from_account)
+        .where(transfers.c.id == transfer_id, accounts.c.user_id == user_id)
+    )
+    if row is None:
+        raise errors.TransferNotFound("no such transfer of yours")
+    async with store.write() as conn:
+        at = now_us()
+        claimed = await conn.fetch_one(
+            transfers.update()
+            .where(transfers.c.id == transfer_id, transfers.c.status == "pending")
+            .values(status="cancelled", settled_at=at)
+            .returning(*transfers.c)
+        )
+        if claimed is None:
+            raise errors.NotPending("the transfer is no longer pending")
+        amount = claimed["amount"]
+        src_row, dst_row = await _move_pair(
+            conn,
+            claimed["from_account"],
+            claimed["to_account"],
+            {"pending_debits": -amount},
+            {"pending_credits": -amount},
+        )
+        assert src_row is not None and dst_row is not None
+        transfer = transfer_of(claimed)
+        events = [
+            await _append(conn, src_row, "transfer.cancelled", transfer, at),
+            await _append(conn, dst_row, "transfer.cancelled", transfer, at),
+        ]
+    return transfer, events
+
+
+async def create_user(
+    store: Store, username: str, password_hash: str, currency: str = "USD"
+) -> tuple[str, str]:
+    """Create a user and their first account; returns (user id, account id)."""
+    user_id, account_id, at = new_id("usr"), new_id("acc"), now_us()
+    async with store.write() as conn:
+        exists = await conn.fetch_one(sa.select(users.c.id).where(users.c.username == username))
+        if exists is not None:
+            raise errors.InvalidField(f"user {username!r} already exists", "username")
+        await conn.execute(
+            users.insert().values(
+                id=user_id, username=username, password_hash=password_hash, created_at=at
+            )
+        )
+        await conn.execute(
+            accounts.insert().values(
+                id=account_id,
+                user_id=user_id,
+                name="Main",
+                currency=currency,
+                kind="user",
+                status="active",
+                created_at=at,
+            )
+        )
+    return user_id, account_id
+
+
+BANK_USERNAME = "bank"
+
+
+async def funding_account(store: Store, currency: str) -> str:
+    """The bank's funding account for a currency, created on first use."""
+    query = sa.select(accounts.c.id).where(
+        accounts.c.kind == "funding", accounts.c.currency == currency
+    )
+    found = await store.fetch_val(query)
+    if found is not None:
+        return str(found)
+    async with store.write() as conn:
+        found = await conn.fetch_val(query)
+        if found is not None:
+            return str(found)
+        bank = await conn.fetch_val(sa.select(users.c.id).where(users.c.username == BANK_USERNAME))
+        at = now_us()
+        if bank is None:
+            bank = new_id("usr")
+            # "!" is never a valid scrypt hash: nobody can log in as the bank.
+            await conn.execute(
+                users.insert().values(
+                    id=bank,
+                    username=BANK_USERNAME,
+                    password_hash="!",  # noqa: S106
+                    created_at=at,
+                )
+            )
+        account_id = new_id("acc")
+        await conn.execute(
+            accounts.insert().values(
+                id=account_id,
+                user_id=bank,
+                name=f"Funding {currency}",
+                currency=currency,
+                kind="funding",
+                status="active",
+                created_at=at,
+            )
+        )
+    return account_id
+
+
+async def deposit(store: Store, account_id: str, amount: int, memo: str = "Deposit") -> list[Event]:
+    """Fund a user account from the bank's funding account, through the ledger."""
+    dst = await store.fetch_one(sa.select(accounts).where(accounts.c.id == account_id))
+    if dst is None or dst["kind"] != "user":
+        raise errors.AccountNotFound(f"no user account {account_id!r}")
+    src_id = await funding_account(store, dst["currency"])
+    bank = await store.fetch_val(sa.select(accounts.c.user_id).where(accounts.c.id == src_id))
+    async with store.write() as conn:
+        at = now_us()
+        values = {
+            "id": new_id("tr"),
+            "from_account": src_id,
+            "to_account": account_id,
+            "amount": amount,
+            "currency": dst["currency"],
+            "memo": memo,
+            "status": "completed",
+            "failure_reason": None,
+            "created_by": bank,
+            "created_at": at,
+            "settled_at": at,
+        }
+        await conn.execute(transfers.insert().values(**values))
+        src_row, dst_row = await _move_pair(
+            conn, src_id, account_id, {"posted": -amount}, {"posted": amount}
+        )
+        assert src_row is not None and dst_row is not None
+        await _post_entries(conn, values, at)
+        transfer = transfer_of(values)
+        return [
+            await _append(conn, src_row, "transfer.completed", transfer, at),
+            await _append(conn, dst_row, "transfer.completed", transfer, at),
+        ]
+
+
+async def set_status(store: Store, account_id: str, status: str) -> None:
+    """Freeze or unfreeze an account. Pending transfers into a frozen account fail at
+    settlement (``account_frozen``)."""
+    async with store.write() as conn:
+        changed = await conn.fetch_val(
+            accounts.update()
+            .where(accounts.c.id == account_id, accounts.c.kind == "user")
+            .values(status=status)
+            .returning(accounts.c.id)
+        )
+    if changed is None:
+        raise errors.AccountNotFound(f"no user account {account_id!r}")
+
+
+async def pending_older_than(store: Store, before_us: int, limit: int = 1000) -> Sequence[str]:
+    rows = await store.fetch_all(
+        sa.select(transfers.c.id)
+        .where(transfers.c.status == "pending", transfers.c.created_at < before_us)
+        .order_by(transfers.c.created_at)
+        .limit(limit)
+    )
+    return [r["id"] for r in rows]

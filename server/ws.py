@@ -1,0 +1,190 @@
+"""``GET /ws?account=ID&since=SEQ``: an account's events, replayed from the log after
+``since`` and then live, in seq order, each once (see the spec's "WebSocket stream").
+
+Close codes: 4400 bad query, 4401 not authenticated, 4403 not the owner (or no such
+account, or a cross-site browser), 1008 binary frames or a flood of client messages,
+1009 a client message over 4 KiB, 1013 a subscriber too slow to keep up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from server import auth
+from server.hub import Hub, Outgoing, Subscription
+from server.schema import accounts
+from server.settings import Settings
+
+MAX_CLIENT_MESSAGE = 4096
+CLIENT_RATE = 20.0  # messages per second, with a burst of as many
+# How long a close frame may wait behind a slow reader's unread data before we give up
+# on the handshake and let the server drop the connection.
+CLOSE_WAIT_S = 10.0
+PING = '{"type":"ping"}'
+
+RenderContent = Callable[[dict[str, Any], auth.User], str]
+
+
+@dataclasses.dataclass(frozen=True)
+class Close:
+    code: int
+    reason: str
+
+
+class BadQuery(Exception):
+    """The query string does not name an account and a valid ``since``."""
+
+
+def parse_query(websocket: WebSocket) -> tuple[str, int | None]:
+    """(account id, since); since None means: no replay, live from now."""
+    account = websocket.query_params.get("account", "")
+    if not account or len(account) > 64 or not account.isprintable():
+        raise BadQuery("account is required")
+    raw = websocket.query_params.get("since")
+    if raw is None or raw == "":
+        return account, None
+    if not raw.isdigit() or len(raw) > 18:
+        raise BadQuery("since must be a whole number >= 0")
+    return account, int(raw)
+
+
+def same_origin(websocket: WebSocket) -> bool:
+    """A browser's cookie rides along on cross-site WebSocket handshakes too, so a
+    session-authenticated socket must come from a page of this very app."""
+    origin = websocket.headers.get("origin", "").lower()
+    host = websocket.headers.get("host", "").lower()
+    scheme = "https" if websocket.url.scheme in ("wss", "https") else "http"
+    return bool(host) and origin == f"{scheme}://{host}"
+
+
+async def stream(websocket: WebSocket) -> None:
+    """The WebSocket endpoint. A refusal is accepted and then closed, so that it carries a
+    close code; a subscriber is registered before the handshake completes, so a client
+    whose handshake succeeded misses nothing published after it."""
+    refusal = await _refusal(websocket)
+    if isinstance(refusal, Close):
+        await websocket.accept()
+        await _close(websocket, refusal)
+        return
+    user, account_id, since, start_seq = refusal
+    hub: Hub = websocket.state.hub
+    # Registered before the replay reads the log: live events buffer meanwhile.
+    sub = hub.subscribe(account_id, user.username, start_seq if since is None else since)
+    try:
+        await websocket.accept()
+    except BaseException:
+        hub.unsubscribe(sub)
+        raise
+    render = _renderer(websocket, user)
+    settings: Settings = websocket.state.settings
+    tasks = [
+        asyncio.create_task(_send_loop(websocket, sub, render, settings.ws_ping_s)),
+        asyncio.create_task(_receive_loop(websocket)),
+        asyncio.create_task(_overflow(sub)),
+    ]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        hub.unsubscribe(sub)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    closes = [t.result() for t in done if not t.cancelled() and t.exception() is None]
+    close = next((c for c in closes if c is not None), None)
+    if close is not None:
+        await _close(websocket, close)
+
+
+async def _refusal(websocket: WebSocket) -> Close | tuple[auth.User, str, int | None, int]:
+    """Why this socket may not subscribe, or (user, account, since, account's seq)."""
+    user = await auth.authenticate(websocket)
+    if user is None:
+        return Close(4401, "unauthorized")
+    if user.via == "session" and not same_origin(websocket):
+        return Close(4403, "cross-origin")
+    try:
+        account_id, since = parse_query(websocket)
+    except BadQuery as exc:
+        return Close(4400, str(exc))
+    # "Not yours" and "does not exist" look the same: ids must not be probed.
+    seq = await websocket.state.store.fetch_val(
+        sa.select(accounts.c.seq).where(accounts.c.id == account_id, accounts.c.user_id == user.id)
+    )
+    if seq is None:
+        return Close(4403, "forbidden")
+    return user, account_id, since, int(seq)
+
+
+def _renderer(websocket: WebSocket, user: auth.User) -> Callable[[Outgoing], str]:
+    """How this socket's messages are encoded: as published, or with an HTML fragment
+    for htmx pages (``fragments=1``) when the app provides ``render_content``."""
+    render: RenderContent | None = getattr(websocket.state, "render_content", None)
+    if websocket.query_params.get("fragments") != "1" or not callable(render):
+        return lambda item: item.text
+
+    def with_content(item: Outgoing) -> str:
+        if not item.is_event:
+            return item.text
+        message = item.message()
+        message["content"] = render(message, user)
+        return orjson.dumps(message).decode()
+
+    return with_content
+
+
+async def _send_loop(
+    websocket: WebSocket, sub: Subscription, render: Callable[[Outgoing], str], ping_s: float
+) -> Close | None:
+    try:
+        for item in await sub.catch_up():
+            await websocket.send_text(render(item))
+        while True:
+            try:
+                batch = await asyncio.wait_for(sub.next(), ping_s)
+            except TimeoutError:
+                await websocket.send_text(PING)
+                # A publish lost without a later event to reveal the gap shows up here.
+                batch = await sub.catch_up()
+            for item in batch:
+                await websocket.send_text(render(item))
+    except (WebSocketDisconnect, OSError, RuntimeError):
+        return None
+
+
+async def _receive_loop(websocket: WebSocket) -> Close | None:
+    """Client messages mean nothing yet; they are read only to notice a close, and
+    bounded so that a client cannot make the server work for it."""
+    tokens, last = CLIENT_RATE, time.monotonic()
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return None
+        if message.get("bytes") is not None:
+            return Close(1008, "binary messages are not accepted")
+        if len((message.get("text") or "").encode()) > MAX_CLIENT_MESSAGE:
+            return Close(1009, "client messages are limited to 4 KiB")
+        now = time.monotonic()
+        tokens = min(CLIENT_RATE, tokens + (now - last) * CLIENT_RATE) - 1
+        last = now
+        if tokens < 0:
+            return Close(1008, "too many client messages")
+
+
+async def _overflow(sub: Subscription) -> Close:
+    await sub.overflowed.wait()
+    return Close(1013, "too slow: reconnect with since")
+
+
+async def _close(websocket: WebSocket, close: Close) -> None:
+    # The close frame queues behind unread data; a reader that never drains gets dropped.
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(websocket.close(close.code, close.reason), CLOSE_WAIT_S)

@@ -1,0 +1,265 @@
+"""Fixtures: a real Redis (bundled redis-server, or $TEST_REDIS_URL), a real SQLite file
+per test (or PostgreSQL via $TEST_DATABASE_URL), a real uvicorn server on a loopback
+port, and real arq workers. Nothing is mocked."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from arq import Worker
+
+from jobs.worker import create_worker
+from server import auth, ledger
+from server.app import create_app
+from server.audit import audit
+from server.db import Store, create_schema
+from server.redisbox import redis_settings, start_redis_server, stop_redis_server
+from server.schema import metadata
+from server.settings import Settings
+
+# Cheap scrypt for the many users tests create; the production cost is tested separately.
+auth.set_cost(2**10)
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    external = os.environ.get("TEST_REDIS_URL")
+    if external:
+        yield external
+        return
+    var = tmp_path_factory.mktemp("redis")
+    proc = start_redis_server(var, var / "redis.sock", appendonly=False)
+    try:
+        yield f"unix://{var / 'redis.sock'}"
+    finally:
+        stop_redis_server(proc)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str | None]:
+    """With $TEST_DATABASE_URL (a PostgreSQL server URL; its database is only used to
+    connect), create a database of our own for this run and drop it at the end."""
+    server = os.environ.get("TEST_DATABASE_URL")
+    if not server:
+        yield None
+        return
+    import asyncpg
+
+    name = f"settle_test_{uuid.uuid4().hex[:10]}"
+    dsn = server.replace("postgresql+asyncpg://", "postgresql://")
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    try:
+        yield dsn.rsplit("/", 1)[0] + "/" + name
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def settings(tmp_path: Path, redis_url: str, postgres_url: str | None) -> Settings:
+    db_url = postgres_url or f"sqlite:///{tmp_path / 'settle.db'}"
+    return Settings(
+        database_url=db_url,
+        redis_url=redis_url,
+        secret_key="test-secret-key",  # noqa: S106
+        var_dir=tmp_path,
+        # Each test gets its own Redis key space: queues and channels never cross.
+        redis_prefix=f"t{uuid.uuid4().hex[:12]}",
+        sweep_after_ms=500,
+        sweep_interval_s=1,
+        job_timeout_s=3,
+    )
+
+
+@pytest.fixture
+async def store(settings: Settings) -> AsyncIterator[Store]:
+    s = Store(settings)
+    await s.connect()
+    await create_schema(s)
+    if not s.is_sqlite:  # one database per run: each test starts from empty tables
+        tables = ", ".join(t.name for t in metadata.sorted_tables)
+        await s.db.execute(f"TRUNCATE {tables} CASCADE")
+    try:
+        yield s
+        report = await audit(s)
+        assert report.ok, "ledger invariants violated after the test:\n" + report.render()
+    finally:
+        await s.disconnect()
+
+
+@dataclasses.dataclass
+class Customer:
+    username: str
+    user_id: str
+    account: str
+    token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+@dataclasses.dataclass
+class Stack:
+    """A running settle web server plus what tests need to drive it."""
+
+    settings: Settings
+    store: Store
+    base_url: str
+    client: httpx.AsyncClient
+
+    async def customer(self, deposit: str = "100.00", name: str | None = None) -> Customer:
+        username = name or f"user{uuid.uuid4().hex[:8]}"
+        user_id, account = await ledger.create_user(
+            self.store, username, auth.hash_password("pw-" + username)
+        )
+        if deposit != "0":
+            from server.money import parse_amount
+
+            await ledger.deposit(self.store, account, parse_amount(deposit))
+        token = await auth.issue_token(self.store, user_id, 3600)
+        return Customer(username, user_id, account, token)
+
+    async def transfer(
+        self, who: Customer, to: str, amount: Any, key: str | None = None, **extra: Any
+    ) -> httpx.Response:
+        headers = dict(who.headers)
+        if key is not None:
+            headers["Idempotency-Key"] = key
+        body = {"from_account": who.account, "to_account": to, "amount": amount, **extra}
+        return await self.client.post("/api/transfers", json=body, headers=headers)
+
+    async def account(self, who: Customer) -> dict[str, Any]:
+        r = await self.client.get(f"/api/accounts/{who.account}", headers=who.headers)
+        assert r.status_code == 200, r.text
+        data: dict[str, Any] = r.json()
+        return data
+
+    async def status_of(self, who: Customer, transfer_id: str) -> str:
+        r = await self.client.get(f"/api/transfers/{transfer_id}", headers=who.headers)
+        assert r.status_code == 200, r.text
+        return str(r.json()["status"])
+
+    def worker(self, burst: bool = True) -> Worker:
+        assert self.settings.redis_url is not None
+        return create_worker(
+            self.settings,
+            redis_settings(self.settings, self.settings.redis_url),
+            burst=burst,
+            handle_signals=False,
+            store=self.store,
+        )
+
+    async def settle_all(self) -> None:
+        """Run a burst worker until the queue is empty (no sleeping, no polling)."""
+        worker = self.worker()
+        try:
+            await worker.main()
+        finally:
+            await worker.close()
+
+
+def free_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@contextlib.asynccontextmanager
+async def serve(app: Any) -> AsyncIterator[str]:
+    """Run ``app`` on uvicorn on a free loopback port in this event loop; yield its URL."""
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_level="warning", lifespan="on", ws_ping_interval=None)
+    )
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.005)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+@pytest.fixture
+async def stack(settings: Settings, store: Store) -> AsyncIterator[Stack]:
+    app = create_app(settings, store=store)
+    async with serve(app) as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
+        yield Stack(settings, store, url, client)
+
+
+def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment a settle subprocess needs to join this test's stack."""
+    assert settings.redis_url is not None
+    env = {
+        **os.environ,
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.redis_url,
+        "SECRET_KEY": settings.secret_key,
+        "SETTLE_VAR_DIR": str(settings.var_dir),
+        "SETTLE_REDIS_PREFIX": settings.redis_prefix,
+        "SETTLE_SWEEP_AFTER_MS": str(settings.sweep_after_ms),
+        "SETTLE_SWEEP_INTERVAL_S": str(settings.sweep_interval_s),
+        "SETTLE_JOB_TIMEOUT_S": str(settings.job_timeout_s),
+        "SETTLE_DELAY_MS": str(settings.settle_delay_ms),
+    }
+    env.update(extra)
+    return env
+
+
+@contextlib.asynccontextmanager
+async def account_events(settings: Settings, account_id: str) -> AsyncIterator[Any]:
+    """A raw Redis subscription to an account's published events (to await them)."""
+    from redis.asyncio import Redis
+
+    from server.dispatch import channel
+
+    assert settings.redis_url is not None
+    client = Redis.from_url(settings.redis_url)
+    pubsub = client.pubsub()
+    await pubsub.subscribe(channel(settings, account_id))
+    try:
+        yield pubsub
+    finally:
+        await pubsub.aclose()
+        await client.aclose()
+
+
+async def next_event(pubsub: Any, type_: str, transfer_id: str, within: float = 30) -> Any:
+    """Wait for a published event of this type for this transfer."""
+    import orjson
+
+    async def wait() -> Any:
+        while True:
+            msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=within)
+            if msg is None:
+                continue
+            event = orjson.loads(msg["data"])
+            if event["type"] == type_ and event["transfer"]["id"] == transfer_id:
+                return event
+
+    return await asyncio.wait_for(wait(), within)

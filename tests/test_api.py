@@ -1,0 +1,271 @@
+"""Bad input gets a clear 4xx with a machine-readable code and changes nothing; no one
+sees or moves what is not theirs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from server import ledger
+from tests.conftest import Customer, Stack
+
+
+async def snapshot(stack: Stack) -> list[Any]:
+    counts = []
+    for table in ("transfers", "ledger_entries", "account_events", "idempotency_keys"):
+        counts.append(await stack.store.fetch_val(f"SELECT COUNT(*) FROM {table}"))
+    rows = await stack.store.fetch_all(
+        "SELECT id, posted, pending_debits, pending_credits, seq FROM accounts ORDER BY id"
+    )
+    return counts + [tuple(r.values()) for r in rows]
+
+
+def body_for(alice: Customer, bob: Customer, case: str) -> Any:
+    base: dict[str, Any] = {
+        "from_account": alice.account,
+        "to_account": bob.account,
+        "amount": "1.00",
+    }
+    match case:
+        case "missing from":
+            del base["from_account"]
+        case "missing to":
+            del base["to_account"]
+        case "number account":
+            base["to_account"] = 12
+        case "list memo":
+            base["memo"] = ["x"]
+        case "number memo":
+            base["memo"] = 1.5
+        case "long memo":
+            base["memo"] = "x" * 501
+        case "unknown to":
+            base["to_account"] = "acc_doesnotexist"
+        case "same account":
+            base["to_account"] = alice.account
+        case "foreign from":
+            base["from_account"], base["to_account"] = bob.account, alice.account
+    return base
+
+
+AMOUNTS = {
+    "negative": "-1.00",
+    "zero": "0",
+    "zero number": 0,
+    "three decimals": "1.234",
+    "NaN string": "NaN",
+    "too large": "1000000000.01",
+    "boolean": True,
+    "null": None,
+    "object": {"value": 1},
+    "empty": "",
+}
+
+
+@pytest.mark.parametrize("label", list(AMOUNTS))
+async def test_invalid_amounts_are_422_invalid_amount(stack: Stack, label: str) -> None:
+    alice, bob = await stack.customer("10.00"), await stack.customer("0")
+    before = await snapshot(stack)
+    r = await stack.transfer(alice, bob.account, AMOUNTS[label])
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["code"] == "invalid_amount"
+    assert r.json()["error"]["field"] == "amount"
+    assert await snapshot(stack) == before
+
+
+@pytest.mark.parametrize("raw", [b"1e309", b"NaN", b"Infinity", b"-5", b"1.234", b"12.3456"])
+async def test_raw_json_number_amounts_are_parsed_exactly_or_refused(
+    stack: Stack, raw: bytes
+) -> None:
+    alice, bob = await stack.customer("10.00"), await stack.customer("0")
+    before = await snapshot(stack)
+    body = b'{"from_account": "%s", "to_account": "%s", "amount": %s}' % (
+        alice.account.encode(),
+        bob.account.encode(),
+        raw,
+    )
+    r = await stack.client.post("/api/transfers", content=body, headers=alice.headers)
+    assert r.status_code in (400, 422), r.text
+    assert r.json()["error"]["code"] in ("invalid_amount", "invalid_json")
+    assert await snapshot(stack) == before
+
+
+async def test_a_json_number_amount_with_two_decimals_is_exact(stack: Stack) -> None:
+    alice, bob = await stack.customer("10.00"), await stack.customer("0")
+    body = f'{{"from_account": "{alice.account}", "to_account": "{bob.account}", "amount": 0.29}}'
+    r = await stack.client.post("/api/transfers", content=body, headers=alice.headers)
+    assert r.status_code == 202 and r.json()["amount"] == "0.29"
+    await stack.settle_all()
+
+
+@pytest.mark.parametrize(
+    ("case", "status", "code"),
+    [
+        ("missing from", 422, "invalid_field"),
+        ("missing to", 422, "invalid_field"),
+        ("number account", 422, "invalid_field"),
+        ("list memo", 422, "invalid_field"),
+        ("number memo", 422, "invalid_field"),
+        ("long memo", 422, "invalid_field"),
+        ("unknown to", 404, "account_not_found"),
+        ("same account", 422, "same_account"),
+        ("foreign from", 404, "account_not_found"),
+    ],
+)
+async def test_invalid_transfer_fields(stack: Stack, case: str, status: int, code: str) -> None:
+    alice, bob = await stack.customer("10.00"), await stack.customer("10.00")
+    before = await snapshot(stack)
+    r = await stack.client.post(
+        "/api/transfers", json=body_for(alice, bob, case), headers=alice.headers
+    )
+    assert (r.status_code, r.json()["error"]["code"]) == (status, code), r.text
+    assert r.json()["error"]["message"]
+    assert await snapshot(stack) == before
+
+
+@pytest.mark.parametrize(
+    ("content", "code"),
+    [
+        (b"{not json", "invalid_json"),
+        (b"[1, 2]", "invalid_json"),
+        (b'"a string"', "invalid_json"),
+        (b"", "invalid_json"),
+        (b"\xff\xfe", "invalid_json"),
+        (b"[" * 100_000, "payload_too_large"),
+        (b'{"memo": "' + b"x" * 70_000 + b'"}', "payload_too_large"),
+    ],
+)
+async def test_malformed_bodies(stack: Stack, content: bytes, code: str) -> None:
+    alice = await stack.customer("10.00")
+    before = await snapshot(stack)
+    r = await stack.client.post("/api/transfers", content=content, headers=alice.headers)
+    assert 400 <= r.status_code < 500 and r.json()["error"]["code"] == code, r.text
+    assert await snapshot(stack) == before
+
+
+async def test_frozen_accounts_refuse_transfers(stack: Stack) -> None:
+    alice, bob = await stack.customer("10.00"), await stack.customer("10.00")
+    await ledger.set_status(stack.store, bob.account, "frozen")
+    before = await snapshot(stack)
+    into = await stack.transfer(alice, bob.account, "1.00")
+    out_of = await stack.transfer(bob, alice.account, "1.00")
+    for r, field in ((into, "to_account"), (out_of, "from_account")):
+        assert r.status_code == 422 and r.json()["error"]["code"] == "account_frozen"
+        assert r.json()["error"]["field"] == field
+    assert await snapshot(stack) == before
+
+
+async def test_insufficient_funds(stack: Stack) -> None:
+    alice, bob = await stack.customer("10.00"), await stack.customer("0")
+    before = await snapshot(stack)
+    r = await stack.transfer(alice, bob.account, "10.01")
+    assert r.status_code == 422 and r.json()["error"]["code"] == "insufficient_funds"
+    assert await snapshot(stack) == before
+
+
+@pytest.mark.parametrize("key", ["", "x" * 256, "caf\u00e9", "tab\there"])
+async def test_invalid_idempotency_keys(stack: Stack, key: str) -> None:
+    alice, bob = await stack.customer("10.00"), await stack.customer("0")
+    headers = {**alice.headers, "Idempotency-Key": key}
+    body = {"from_account": alice.account, "to_account": bob.account, "amount": "1.00"}
+    try:
+        r = await stack.client.post("/api/transfers", json=body, headers=headers)
+    except UnicodeEncodeError:
+        return  # httpx refuses to send a non-latin-1 header at all
+    assert r.status_code == 422 and r.json()["error"]["field"] == "Idempotency-Key"
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/api/accounts"),
+        ("GET", "/api/accounts/{a}"),
+        ("GET", "/api/accounts/{a}/transfers"),
+        ("POST", "/api/transfers"),
+        ("GET", "/api/transfers/{t}"),
+        ("POST", "/api/transfers/{t}/cancel"),
+    ],
+)
+@pytest.mark.parametrize("auth", ["none", "garbage", "revoked", "basic"])
+async def test_every_route_needs_a_valid_token(
+    stack: Stack, method: str, path: str, auth: str
+) -> None:
+    alice, bob = await stack.customer("10.00"), await stack.customer("0")
+    tid = (await stack.transfer(alice, bob.account, "1.00")).json()["id"]
+    headers = {
+        "none": {},
+        "garbage": {"Authorization": "Bearer stl_not-a-real-token"},
+        "revoked": alice.headers,
+        "basic": {"Authorization": "Basic YWxpY2U6cHc="},
+    }[auth]
+    if auth == "revoked":
+        assert (await stack.client.delete("/api/tokens", headers=alice.headers)).status_code == 204
+    url = path.format(a=alice.account, t=tid)
+    r = await stack.client.request(method, url, headers=headers, json={})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+    assert alice.account not in r.text
+    await stack.settle_all()
+
+
+async def test_others_accounts_and_transfers_are_404(stack: Stack) -> None:
+    alice, bob, eve = [await stack.customer("10.00") for _ in range(3)]
+    tid = (await stack.transfer(alice, bob.account, "1.00")).json()["id"]
+    for url in (
+        f"/api/accounts/{alice.account}",
+        f"/api/accounts/{alice.account}/transfers",
+        f"/api/transfers/{tid}",
+    ):
+        r = await stack.client.get(url, headers=eve.headers)
+        assert r.status_code == 404, url
+        assert alice.account not in r.text
+    r = await stack.client.post(f"/api/transfers/{tid}/cancel", headers=eve.headers)
+    assert r.status_code == 404
+    listed = (await stack.client.get("/api/accounts", headers=eve.headers)).json()["accounts"]
+    assert [a["id"] for a in listed] == [eve.account]
+    # The recipient sees the transfer, the sender too.
+    for who in (alice, bob):
+        assert (await stack.client.get(f"/api/transfers/{tid}", headers=who.headers)).is_success
+    await stack.settle_all()
+
+
+async def test_tokens_are_issued_for_the_right_password_only(stack: Stack) -> None:
+    alice = await stack.customer("0", name="alice-tokens")
+    good = {"username": "alice-tokens", "password": "pw-alice-tokens"}
+    r = await stack.client.post("/api/tokens", json=good)
+    assert r.status_code == 201 and r.json()["token"].startswith("stl_")
+    token = r.json()["token"]
+    assert (
+        await stack.client.get("/api/accounts", headers={"Authorization": f"Bearer {token}"})
+    ).json()["accounts"][0]["id"] == alice.account
+    for bad in ({**good, "password": "nope"}, {**good, "username": "nobody"}):
+        r = await stack.client.post("/api/tokens", json=bad)
+        assert r.status_code == 401
+        assert r.json()["error"]["message"] == "wrong username or password"
+    stored = await stack.store.fetch_all("SELECT token_hash FROM api_tokens")
+    assert all(token not in r["token_hash"] for r in stored), "tokens are stored hashed"
+
+
+async def test_pagination_limits_are_validated(stack: Stack) -> None:
+    alice = await stack.customer("10.00")
+    url = f"/api/accounts/{alice.account}/transfers"
+    for params in ({"limit": "0"}, {"limit": "201"}, {"limit": "x"}, {"before": "tr_nope"}):
+        r = await stack.client.get(url, params=params, headers=alice.headers)
+        assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_field"
+
+
+async def test_unknown_routes_and_methods_answer_json_errors(stack: Stack) -> None:
+    r = await stack.client.get("/api/nope")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    r = await stack.client.put("/api/transfers")
+    assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+
+
+async def test_health_readiness_schema_and_metrics(stack: Stack) -> None:
+    assert (await stack.client.get("/healthz")).json() == {"status": "ok"}
+    ready = await stack.client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["checks"] == {"database": "ok", "redis": "ok"}
+    schema = (await stack.client.get("/openapi.json")).json()
+    assert "/api/transfers" in schema["paths"] and schema["openapi"].startswith("3.")
+    metrics = await stack.client.get("/metrics")
+    assert metrics.status_code == 200 and "settle_rejections" in metrics.text

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from server.settings import ConfigError, Settings
+
+ROOT = Path(__file__).parent.parent
+
+
+def test_every_environment_variable_is_documented_in_the_readme() -> None:
+    source = (ROOT / "server" / "settings.py").read_text()
+    names = set(re.findall(r'env(?:\.get)?\(\s*"([A-Z_]+)"', source))
+    names |= set(re.findall(r'_int\(env, "([A-Z_]+)"', source))
+    assert {"DATABASE_URL", "REDIS_URL", "SECRET_KEY", "SETTLE_DELAY_MS"} <= names
+    readme = (ROOT / "README.md").read_text()
+    missing = sorted(n for n in names if f"`{n}`" not in readme)
+    assert missing == [], f"undocumented settings: {missing}"
+
+
+def test_settings_are_read_from_the_environment(tmp_path: Path) -> None:
+    s = Settings.from_env(
+        {
+            "SETTLE_VAR_DIR": str(tmp_path),
+            "SETTLE_DELAY_MS": "250",
+            "PORT": "9000",
+            "SECRET_KEY": "k",
+        }
+    )
+    assert (s.settle_delay_ms, s.port, s.secret_key) == (250, 9000, "k")
+    assert s.database_url == f"sqlite:///{tmp_path / 'settle.db'}" and s.redis_url is None
+
+
+def test_the_generated_secret_is_kept(tmp_path: Path) -> None:
+    first = Settings.from_env({"SETTLE_VAR_DIR": str(tmp_path)}).secret_key
+    assert len(first) > 40
+    assert Settings.from_env({"SETTLE_VAR_DIR": str(tmp_path)}).secret_key == first
+
+
+@pytest.mark.parametrize(("name", "value"), [("PORT", "eighty"), ("SETTLE_DELAY_MS", "-5")])
+def test_bad_numbers_are_configuration_errors(tmp_path: Path, name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env({"SETTLE_VAR_DIR": str(tmp_path), name: value})
+
+
+def test_production_needs_a_secret_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="SECRET_KEY"):
+        Settings.from_env({"SETTLE_VAR_DIR": str(tmp_path), "SETTLE_ENV": "production"})

@@ -1,0 +1,107 @@
+"""The transfer lifecycle through the real HTTP API, settled by a real arq worker."""
+
+from __future__ import annotations
+
+from server import ledger
+from tests.conftest import Stack
+
+
+async def test_accepted_transfer_is_pending_at_once_then_completed_by_the_worker(
+    stack: Stack,
+) -> None:
+    alice, bob = await stack.customer("100.00"), await stack.customer("0")
+    r = await stack.transfer(alice, bob.account, "12.34", memo="lunch")
+    assert r.status_code == 202, r.text
+    body = r.json()
+    assert body["status"] == "pending" and body["amount"] == "12.34" and body["memo"] == "lunch"
+    assert body["balance"] == {
+        "posted": "100.00",
+        "pending_debits": "12.34",
+        "pending_credits": "0.00",
+        "available": "87.66",
+        "projected": "87.66",
+    }
+    assert await stack.status_of(alice, body["id"]) == "pending"
+    assert (await stack.account(bob))["balance"]["pending_credits"] == "12.34"
+
+    await stack.settle_all()
+
+    done = (await stack.client.get(f"/api/transfers/{body['id']}", headers=bob.headers)).json()
+    assert done["status"] == "completed" and done["settled_at"] is not None
+    assert done["settled_in_ms"] >= 0
+    a, b = await stack.account(alice), await stack.account(bob)
+    assert a["balance"]["posted"] == a["balance"]["available"] == "87.66"
+    assert b["balance"]["posted"] == b["balance"]["projected"] == "12.34"
+    assert a["balance"]["pending_debits"] == b["balance"]["pending_credits"] == "0.00"
+
+
+async def test_transfer_to_an_account_frozen_after_acceptance_fails_and_releases_funds(
+    stack: Stack,
+) -> None:
+    alice, bob = await stack.customer("50.00"), await stack.customer("0")
+    r = await stack.transfer(alice, bob.account, "20.00")
+    await ledger.set_status(stack.store, bob.account, "frozen")
+    await stack.settle_all()
+    t = (await stack.client.get(f"/api/transfers/{r.json()['id']}", headers=alice.headers)).json()
+    assert (t["status"], t["failure_reason"]) == ("failed", "account_frozen")
+    a, b = await stack.account(alice), await stack.account(bob)
+    assert a["balance"]["available"] == a["balance"]["posted"] == "50.00"
+    assert b["balance"]["pending_credits"] == b["balance"]["posted"] == "0.00"
+
+
+async def test_sender_cancels_a_pending_transfer_once(stack: Stack) -> None:
+    alice, bob = await stack.customer("50.00"), await stack.customer("0")
+    tid = (await stack.transfer(alice, bob.account, "20.00")).json()["id"]
+
+    r = await stack.client.post(f"/api/transfers/{tid}/cancel", headers=bob.headers)
+    assert r.status_code == 404, "only the sender may cancel"
+    r = await stack.client.post(f"/api/transfers/{tid}/cancel", headers=alice.headers)
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    r = await stack.client.post(f"/api/transfers/{tid}/cancel", headers=alice.headers)
+    assert r.status_code == 409 and r.json()["error"]["code"] == "not_pending"
+
+    await stack.settle_all()  # the queued job finds nothing to settle
+    assert await stack.status_of(alice, tid) == "cancelled"
+    assert (await stack.account(alice))["balance"]["available"] == "50.00"
+    assert (await stack.account(bob))["balance"]["pending_credits"] == "0.00"
+
+
+async def test_completed_transfer_cannot_be_cancelled(stack: Stack) -> None:
+    alice, bob = await stack.customer("50.00"), await stack.customer("0")
+    tid = (await stack.transfer(alice, bob.account, "1.00")).json()["id"]
+    await stack.settle_all()
+    r = await stack.client.post(f"/api/transfers/{tid}/cancel", headers=alice.headers)
+    assert r.status_code == 409 and r.json()["error"]["code"] == "not_pending"
+
+
+async def test_history_is_newest_first_and_paginates(stack: Stack) -> None:
+    alice, bob = await stack.customer("50.00"), await stack.customer("0")
+    ids = [(await stack.transfer(alice, bob.account, f"{i}.00")).json()["id"] for i in (1, 2, 3)]
+    url = f"/api/accounts/{alice.account}/transfers"
+    page = (await stack.client.get(url, params={"limit": 2}, headers=alice.headers)).json()
+    assert [t["id"] for t in page["transfers"]] == [ids[2], ids[1]]
+    rest = (
+        await stack.client.get(
+            url, params={"limit": 2, "before": page["next_before"]}, headers=alice.headers
+        )
+    ).json()
+    # The deposit that funded alice is her oldest transfer.
+    assert rest["transfers"][0]["id"] == ids[0]
+    assert rest["next_before"] is None
+    await stack.settle_all()
+
+
+async def test_events_log_every_change_with_balances(stack: Stack) -> None:
+    alice, bob = await stack.customer("30.00"), await stack.customer("0")
+    await stack.transfer(alice, bob.account, "10.00")
+    await stack.settle_all()
+    rows = await stack.store.fetch_all(
+        "SELECT seq, type, payload FROM account_events "
+        f"WHERE account_id = '{alice.account}' ORDER BY seq"
+    )
+    assert [(r["seq"], r["type"]) for r in rows] == [
+        (1, "transfer.completed"),  # the deposit
+        (2, "transfer.pending"),
+        (3, "transfer.completed"),
+    ]
+    assert (await stack.account(alice))["seq"] == 3

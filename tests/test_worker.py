@@ -1,0 +1,114 @@
+"""Settlement is exactly once: a job run twice, a worker killed mid-transaction, a job
+lost between commit and enqueue. Real arq workers, real Redis, real SQLite."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from typing import Any
+
+from jobs.worker import settle_transfer
+from server import ledger
+from server.dispatch import Dispatcher
+from tests.conftest import Stack, account_events, next_event, settings_env
+
+
+async def entries_of(stack: Stack, transfer_id: str) -> list[Any]:
+    return await stack.store.fetch_all(
+        f"SELECT account_id, amount FROM ledger_entries WHERE transfer_id = '{transfer_id}'"
+    )
+
+
+async def test_running_the_settle_job_twice_posts_once(stack: Stack) -> None:
+    alice, bob = await stack.customer("10.00"), await stack.customer("0")
+    tid = (await stack.transfer(alice, bob.account, "4.00")).json()["id"]
+    ctx: dict[str, Any] = {
+        "settings": stack.settings,
+        "store": stack.store,
+        "dispatch": Dispatcher(await _redis(stack), stack.settings),
+    }
+    try:
+        assert await settle_transfer(ctx, tid) == 1
+        assert await settle_transfer(ctx, tid) == 0
+        await stack.settle_all()  # and the job the API enqueued finds nothing left
+    finally:
+        await ctx["dispatch"].redis.aclose()
+    assert sorted(e["amount"] for e in await entries_of(stack, tid)) == [-400, 400]
+    assert (await stack.account(bob))["balance"]["posted"] == "4.00"
+
+
+async def _redis(stack: Stack) -> Any:
+    from arq import create_pool
+
+    from server.redisbox import redis_settings
+
+    assert stack.settings.redis_url is not None
+    return await create_pool(redis_settings(stack.settings, stack.settings.redis_url))
+
+
+async def test_group_commit_settles_a_queue_in_acceptance_order(stack: Stack) -> None:
+    alice, bob = await stack.customer("10.00"), await stack.customer("0")
+    ids = [(await stack.transfer(alice, bob.account, "1.00")).json()["id"] for _ in range(5)]
+    # One job settles all five due transfers in one transaction.
+    events = await ledger.settle(stack.store, ids[-1], 100, 2**62)
+    settled = [e.message["transfer"]["id"] for e in events if e.account_id == alice.account]
+    assert settled == ids
+    seqs = [e.seq for e in events if e.account_id == alice.account]
+    assert seqs == sorted(seqs)
+    await stack.settle_all()
+
+
+async def test_worker_killed_mid_settlement_posts_nothing_then_settles_once(
+    stack: Stack,
+) -> None:
+    alice, bob = await stack.customer("10.00"), await stack.customer("0")
+    tid = (await stack.transfer(alice, bob.account, "3.00")).json()["id"]
+    worker = [sys.executable, "-m", "server.cli", "worker"]
+    crashing = subprocess.Popen(
+        worker,
+        env=settings_env(stack.settings, SETTLE_CRASH_POINT="settle-before-commit"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    assert await asyncio.to_thread(crashing.wait, 60) == -9, "the worker SIGKILLed itself"
+    assert await stack.status_of(alice, tid) == "pending"
+    assert await entries_of(stack, tid) == [], "the killed transaction was rolled back"
+
+    async with account_events(stack.settings, alice.account) as events:
+        healthy = subprocess.Popen(
+            worker,
+            env=settings_env(stack.settings),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            done = await next_event(events, "transfer.completed", tid, within=60)
+        finally:
+            healthy.terminate()
+            await asyncio.to_thread(healthy.wait, 30)
+    assert done["balance"]["posted"] == "7.00"
+    assert sorted(e["amount"] for e in await entries_of(stack, tid)) == [-300, 300]
+
+
+async def test_sweeper_settles_a_transfer_whose_job_was_never_enqueued(stack: Stack) -> None:
+    alice, bob = await stack.customer("10.00"), await stack.customer("0")
+    # Accepted and committed, but the process "crashed" before enqueueing its job.
+    accepted = await ledger.accept_transfer(
+        stack.store, alice.user_id, alice.account, bob.account, 250
+    )
+    tid = accepted.transfer["id"]
+    async with account_events(stack.settings, bob.account) as events:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "server.cli", "worker"],
+            env=settings_env(stack.settings),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            done = await next_event(events, "transfer.completed", tid, within=30)
+        finally:
+            worker.terminate()
+            await asyncio.to_thread(worker.wait, 30)
+    assert done["balance"]["posted"] == "2.50"
+    assert await stack.status_of(alice, tid) == "completed"
