@@ -6,6 +6,8 @@ acceptance commit) → ``ledger.settle`` (one transaction, group commit) → pub
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -136,6 +138,23 @@ def create_worker(
         max_jobs=20,
         health_check_key=f"{settings.queue_name}:health-check",
     )
+
+
+async def stop_worker(worker: Worker, main: asyncio.Task[Any], grace_s: float) -> None:
+    """Stop a worker started as ``main = create_task(worker.main())``: stop polling, let
+    the jobs in flight finish (at most ``grace_s``), then close its Redis pool.
+
+    arq's own ``close()`` cancels running jobs and then re-raises their CancelledError,
+    which would skip closing the pool. A job cancelled here rolls its transaction back,
+    and the sweeper runs it again.
+    """
+    main.cancel()
+    await asyncio.gather(main, return_exceptions=True)
+    running = [t for t in worker.tasks.values() if not t.done()]
+    if running:
+        await asyncio.wait(running, timeout=grace_s)
+    with contextlib.suppress(asyncio.CancelledError):
+        await worker.close()
 
 
 assert SETTLE_JOB == settle_transfer.__name__

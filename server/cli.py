@@ -136,7 +136,7 @@ async def _work(settings: Settings) -> None:
     We own the signals rather than arq: its shutdown path can raise CancelledError
     before on_shutdown runs, and an open aiosqlite thread would keep the process alive.
     """
-    from jobs.worker import create_worker
+    from jobs.worker import create_worker, stop_worker
 
     assert settings.redis_url is not None
     store = Store(settings)
@@ -147,34 +147,25 @@ async def _work(settings: Settings) -> None:
         handle_signals=False,
         store=store,
     )
+    main = asyncio.create_task(worker.main())
     try:
-        await _until_signal(worker.main())
+        await _until_signal(main)
     finally:
-        await _close_worker(worker)
+        await stop_worker(worker, main, settings.job_timeout_s)
         await store.disconnect()
 
 
-async def _until_signal(main: Awaitable[Any]) -> None:
+async def _until_signal(main: asyncio.Task[Any]) -> None:
+    """Until SIGTERM/SIGINT, or until ``main`` ends (its error is raised)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    task = asyncio.ensure_future(main)
     stopper = asyncio.create_task(stop.wait())
-    await asyncio.wait([task, stopper], return_when=asyncio.FIRST_COMPLETED)
+    await asyncio.wait([main, stopper], return_when=asyncio.FIRST_COMPLETED)
     stopper.cancel()
-    if task.done():
-        task.result()
-    else:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
-async def _close_worker(worker: Any) -> None:
-    # A job cancelled at shutdown rolls its transaction back; the sweeper re-runs it.
-    with contextlib.suppress(asyncio.CancelledError):
-        await worker.close()
+    if main.done():
+        main.result()
 
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
@@ -187,7 +178,7 @@ async def _run_all(settings: Settings) -> None:
     """Web and worker in one event loop, sharing one database handle (one write lock)."""
     import uvicorn
 
-    from jobs.worker import create_worker
+    from jobs.worker import create_worker, stop_worker
     from server.app import create_app
 
     assert settings.redis_url is not None
@@ -214,10 +205,7 @@ async def _run_all(settings: Settings) -> None:
     try:
         await server.serve()
     finally:
-        worker_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await worker_task
-        await _close_worker(worker)
+        await stop_worker(worker, worker_task, settings.job_timeout_s)
         await store.disconnect()
 
 

@@ -24,6 +24,7 @@ from playwright.async_api import (
     expect,
 )
 
+from jobs.worker import stop_worker
 from server.app import create_app
 from server.db import Store
 from server.settings import Settings
@@ -112,9 +113,7 @@ async def running(settings: Settings, store: Store) -> AsyncIterator[Live]:
             yield Live(stack, browser)
         finally:
             await browser.close()
-            await worker.close()
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await stop_worker(worker, task, settings.job_timeout_s)
 
 
 @pytest.fixture
