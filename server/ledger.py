@@ -137,25 +137,13 @@ _RESERVE = _MOVE.where(
         accounts.c.posted - accounts.c.pending_debits >= sa.bindparam("need"),
     ),
 )
-# PostgreSQL: the advisory lock key of "settling now", and a batch small enough that the
-# account rows it locks are not held from acceptances for long (~10 ms per transfer).
+# PostgreSQL: the advisory lock key of "settling now".
 _SETTLE_LOCK = 0x5E771E
-PG_BATCH_CAP = 100
 _INSERT_EVENT = account_events.insert()
 _INSERT_TRANSFER = transfers.insert()
 _INSERT_ENTRY = ledger_entries.insert()
 _ACCOUNT = sa.select(accounts).where(accounts.c.id == sa.bindparam("acct"))
 _OWN_ACCOUNT = _ACCOUNT.where(accounts.c.user_id == sa.bindparam("uid"))
-_CLAIM = (
-    transfers.update()
-    .where(transfers.c.id == sa.bindparam("tid"), transfers.c.status == "pending")
-    .values(
-        status=sa.bindparam("outcome"),
-        failure_reason=sa.bindparam("reason"),
-        settled_at=sa.bindparam("at"),
-    )
-    .returning(*transfers.c)
-)
 
 
 async def _move(
@@ -353,40 +341,31 @@ async def settle(
     """Settle ``transfer_id`` and, in the same transaction, up to ``batch_size - 1`` other
     pending transfers accepted before ``ready_before`` (group commit), in acceptance order.
 
-    Exactly once per transfer: each is claimed by ``UPDATE ... WHERE status = 'pending'``
-    inside the transaction that posts its entries, so a second run, or a run racing another
-    worker, finds nothing to claim; a run killed mid-way commits nothing.
+    Exactly once per transfer: the batch is read and locked (SQLite's write lock, or
+    ``FOR UPDATE`` row locks on PostgreSQL) inside the transaction that posts its entries,
+    and only transfers still pending are in it; a second run, or a run racing another
+    worker, finds nothing to settle, and a run killed mid-way commits nothing.
 
-    On PostgreSQL one settlement transaction runs at a time (an advisory lock): batches
-    that ran concurrently would queue on the same account rows for longer than the job
-    timeout. A run that finds the lock taken settles nothing; the caller retries.
+    Set-based: the batch's new balances, entries and events are worked out in Python from
+    the locked rows, then written with one statement per table (executemany), so a batch
+    costs a handful of round trips however many transfers it holds.
+
+    On PostgreSQL one settlement transaction runs at a time (an advisory lock), which
+    keeps acceptance order per account across workers. A run that finds the lock taken
+    settles nothing; the caller retries.
     """
-    if not store.is_sqlite:
-        batch_size = min(batch_size, PG_BATCH_CAP)
     async with store.write() as conn:
         if not store.is_sqlite:
-            got = await conn.fetch_val(sa.select(sa.func.pg_try_advisory_xact_lock(_SETTLE_LOCK)))
+            got = await conn.fetch_val(_TRY_SETTLE_LOCK, {})
             if not got:
                 return []
-        own = sa.select(transfers).where(
-            transfers.c.id == transfer_id, transfers.c.status == "pending"
-        )
-        others = (
-            sa.select(transfers)
-            .where(
-                transfers.c.status == "pending",
-                transfers.c.created_at < ready_before,
-                transfers.c.id != transfer_id,
-            )
-            .order_by(transfers.c.created_at, transfers.c.id)
-            .limit(max(batch_size - 1, 0))
-        )
-        if not store.is_sqlite:
-            own = own.with_for_update(skip_locked=True)
-            others = others.with_for_update(skip_locked=True)
-        batch = list(await conn.fetch_all(own))
+        # PostgreSQL: lock the batch's rows, skipping any a cancel is changing right now.
+        own, due = (_OWN_PENDING, _DUE_PENDING) if store.is_sqlite else _PG_PENDING
+        batch = list(await conn.fetch_all(own, {"tid": transfer_id}))
         if batch_size > 1:
-            batch += await conn.fetch_all(others)
+            batch += await conn.fetch_all(
+                due, {"tid": transfer_id, "before": ready_before, "n": batch_size - 1}
+            )
         if not batch:
             return []
         batch.sort(key=lambda r: (r["created_at"], r["id"]))
@@ -394,48 +373,138 @@ async def settle(
         # Lock every account the batch touches, in id order, before changing any.
         locked = await conn.fetch_all(
             store.for_update(
-                sa.select(accounts.c.id, accounts.c.status)
-                .where(accounts.c.id.in_(touched))
-                .order_by(accounts.c.id)
+                sa.select(*_BALANCE_COLS).where(accounts.c.id.in_(touched)).order_by(accounts.c.id)
             )
         )
-        status = {r["id"]: r["status"] for r in locked}
-        events: list[Event] = []
+        plan = _SettlementPlan({r["id"]: dict(r) for r in locked}, now_us())
         for row in batch:
-            if status.get(row["to_account"]) == "frozen":
-                events += await _finish(conn, row, "failed", "account_frozen")
-            else:
-                events += await _finish(conn, row, "completed", None)
+            plan.settle(row)
+        await conn.execute_many(_FINISH, plan.finished)
+        await conn.execute_many(_SET_BALANCES, plan.balances())
+        await conn.execute_many(_INSERT_ENTRY, plan.entries)
+        await conn.execute_many(_INSERT_EVENT, plan.event_rows)
         if before_commit is not None:
             before_commit()
-        return events
+        return plan.events
 
 
-async def _finish(conn: Conn, row: Row, outcome: str, reason: str | None) -> list[Event]:
-    at = now_us()
-    claimed = await conn.fetch_one(
-        _CLAIM, {"tid": row["id"], "outcome": outcome, "reason": reason, "at": at}
+_TRY_SETTLE_LOCK = sa.select(sa.func.pg_try_advisory_xact_lock(_SETTLE_LOCK))
+_OWN_PENDING = sa.select(transfers).where(
+    transfers.c.id == sa.bindparam("tid"), transfers.c.status == "pending"
+)
+_DUE_PENDING = (
+    sa.select(transfers)
+    .where(
+        transfers.c.status == "pending",
+        transfers.c.created_at < sa.bindparam("before"),
+        transfers.c.id != sa.bindparam("tid"),
     )
-    if claimed is None:
-        return []
-    amount = claimed["amount"]
-    if outcome == "completed":
-        src_change = {"posted": -amount, "pending_debits": -amount}
-        dst_change = {"posted": amount, "pending_credits": -amount}
-    else:
-        src_change = {"pending_debits": -amount}
-        dst_change = {"pending_credits": -amount}
-    src_row, dst_row = await _move_pair(
-        conn, claimed["from_account"], claimed["to_account"], src_change, dst_change
+    .order_by(transfers.c.created_at, transfers.c.id)
+    .limit(sa.bindparam("n"))
+)
+_PG_PENDING = (
+    _OWN_PENDING.with_for_update(skip_locked=True),
+    _DUE_PENDING.with_for_update(skip_locked=True),
+)
+# Only ever applied to transfers read as pending under the batch's locks.
+_FINISH = (
+    transfers.update()
+    .where(transfers.c.id == sa.bindparam("tid"), transfers.c.status == "pending")
+    .values(
+        status=sa.bindparam("outcome"),
+        failure_reason=sa.bindparam("reason"),
+        settled_at=sa.bindparam("at"),
     )
-    assert src_row is not None and dst_row is not None
-    if outcome == "completed":
-        await _post_entries(conn, claimed, at)
-    transfer = transfer_of(claimed)
-    return [
-        await _append(conn, src_row, f"transfer.{outcome}", transfer, at),
-        await _append(conn, dst_row, f"transfer.{outcome}", transfer, at),
-    ]
+)
+_SET_BALANCES = (
+    accounts.update()
+    .where(accounts.c.id == sa.bindparam("acct"))
+    .values(
+        posted=sa.bindparam("posted"),
+        pending_debits=sa.bindparam("debits"),
+        pending_credits=sa.bindparam("credits"),
+        seq=sa.bindparam("new_seq"),
+    )
+)
+
+
+class _SettlementPlan:
+    """A batch's effects, computed from its locked account rows, in acceptance order."""
+
+    def __init__(self, accounts_by_id: dict[str, dict[str, Any]], at: int) -> None:
+        self.accounts = accounts_by_id
+        self.at = at
+        self.finished: list[dict[str, Any]] = []
+        self.entries: list[dict[str, Any]] = []
+        self.event_rows: list[dict[str, Any]] = []
+        self.events: list[Event] = []
+
+    def settle(self, row: Row) -> None:
+        """Complete the transfer, or fail it when its destination is frozen."""
+        amount, src, dst = row["amount"], row["from_account"], row["to_account"]
+        if self.accounts[dst]["status"] == "frozen":
+            outcome, reason = "failed", "account_frozen"
+            self._change(src, pending_debits=-amount)
+            self._change(dst, pending_credits=-amount)
+        else:
+            outcome, reason = "completed", None
+            self._change(src, posted=-amount, pending_debits=-amount)
+            self._change(dst, posted=amount, pending_credits=-amount)
+            for account_id, signed in ((src, -amount), (dst, amount)):
+                self.entries.append(
+                    {
+                        "transfer_id": row["id"],
+                        "account_id": account_id,
+                        "amount": signed,
+                        "created_at": self.at,
+                    }
+                )
+        self.finished.append(
+            {"tid": row["id"], "outcome": outcome, "reason": reason, "at": self.at}
+        )
+        transfer = transfer_of(
+            {**row, "status": outcome, "failure_reason": reason, "settled_at": self.at}
+        )
+        for account_id in (src, dst):
+            self._event(self.accounts[account_id], f"transfer.{outcome}", transfer)
+
+    def _change(self, account_id: str, **deltas: int) -> None:
+        account = self.accounts[account_id]
+        for column, delta in deltas.items():
+            account[column] += delta
+        account["seq"] += 1
+
+    def _event(self, account: dict[str, Any], type_: str, transfer: dict[str, Any]) -> None:
+        message = {
+            "type": type_,
+            "account": account["id"],
+            "seq": account["seq"],
+            "transfer": transfer,
+            "balance": balance_of(account),
+        }
+        self.event_rows.append(
+            {
+                "account_id": account["id"],
+                "seq": account["seq"],
+                "type": type_,
+                "transfer_id": transfer["id"],
+                "payload": orjson.dumps(message).decode(),
+                "created_at": self.at,
+            }
+        )
+        self.events.append(Event(account["id"], account["seq"], message))
+
+    def balances(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "acct": a["id"],
+                "posted": a["posted"],
+                "debits": a["pending_debits"],
+                "credits": a["pending_credits"],
+                "new_seq": a["seq"],
+            }
+            for a in self.accounts.values()
+        ]
 
 
 async def _post_entries(conn: Conn, transfer: Row, at: int) -> None:
