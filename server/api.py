@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from server import auth, errors, ledger
+from server import auth, errors, ledger, limits
 from server.auth import User
 from server.db import Store
 from server.dispatch import Dispatcher
@@ -206,6 +206,8 @@ async def create_transfer(request: Request) -> Response:
     amount = parse_amount(data["amount"])
     memo = text_field(data, "memo", max_len=MAX_MEMO, required=False)
     key = _idempotency_key(request)
+    dispatch: Dispatcher = request.state.dispatch
+    await limits.check_transfer_rate(dispatch.redis, request.state.settings, user.id)
     result = await ledger.accept_transfer(
         store_of(request), user.id, from_account, to_account, amount, memo, key
     )
@@ -213,7 +215,6 @@ async def create_transfer(request: Request) -> Response:
         return JSONResponse(
             result.response, status_code=202, headers={"Idempotent-Replayed": "true"}
         )
-    dispatch: Dispatcher = request.state.dispatch
     await dispatch.after_commit(result.events, settle=[result.transfer["id"]])
     return JSONResponse(result.response, status_code=202)
 

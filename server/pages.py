@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from server import api, auth, errors, fragments, ledger, login, sessions
+from server import api, auth, errors, fragments, ledger, limits, login, sessions
 from server.dispatch import Dispatcher
 from server.money import parse_amount
 from server.schema import accounts, transfers, users
@@ -152,11 +152,13 @@ async def send(request: Request) -> Response:
     if 1 <= len(key) <= 255 and key.isascii() and key.isprintable():
         form["idempotency_key"] = key
     store = request.state.store
+    dispatch: Dispatcher = request.state.dispatch
     try:
         if len(form["memo"]) > api.MAX_MEMO:
             raise errors.InvalidField(f"at most {api.MAX_MEMO} characters", "memo")
         amount = parse_amount(form["amount"])
         to_account = await _recipient(request, form["to"], account["currency"])
+        await limits.check_transfer_rate(dispatch.redis, request.state.settings, session.user_id)
         result = await ledger.accept_transfer(
             store, session.user_id, account["id"], to_account, amount, form["memo"], key or None
         )
@@ -170,7 +172,6 @@ async def send(request: Request) -> Response:
         transfer_id = orjson.loads(result.response)["id"]
     else:
         transfer_id = result.transfer["id"]
-        dispatch: Dispatcher = request.state.dispatch
         await dispatch.after_commit(result.events, settle=[transfer_id])
     if not fragments.is_htmx(request):
         query = f"?sent={quote(transfer_id)}" + ("&replayed=1" if result.replayed else "")

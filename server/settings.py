@@ -39,6 +39,8 @@ class Settings:
     ws_queue_size: int = 1000
     ws_ping_s: float = 15.0
     token_ttl_s: int = 30 * 24 * 3600
+    # Transfers accepted per user per second (API and pages together); 0: no limit.
+    transfer_rate: int = 100
     # Fault injection for the crash tests: "settle-before-commit" makes a worker SIGKILL
     # itself inside a settlement transaction, after posting entries and before COMMIT.
     crash_point: str = ""
@@ -79,6 +81,7 @@ class Settings:
             replay_cap=_int(env, "SETTLE_REPLAY_CAP", 1000),
             ws_queue_size=max(_int(env, "SETTLE_WS_QUEUE_SIZE", 1000), 1),
             ws_ping_s=max(_int(env, "SETTLE_WS_PING_S", 15), 1),
+            transfer_rate=_int(env, "SETTLE_TRANSFER_RATE", 100),
             crash_point=env.get("SETTLE_CRASH_POINT", ""),
         )
 

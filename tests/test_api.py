@@ -3,12 +3,16 @@ sees or moves what is not theirs."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
 
 from server import ledger
+from server.db import Store
+from server.settings import Settings
 from tests.conftest import Customer, Stack
+from tests.test_live import server_stack
 
 
 async def snapshot(stack: Stack) -> list[Any]:
@@ -269,3 +273,27 @@ async def test_health_readiness_schema_and_metrics(stack: Stack) -> None:
     assert "/api/transfers" in schema["paths"] and schema["openapi"].startswith("3.")
     metrics = await stack.client.get("/metrics")
     assert metrics.status_code == 200 and "settle_rejections" in metrics.text
+
+
+async def test_too_many_transfers_per_second_are_429_with_retry_after_and_change_nothing(
+    settings: Settings, store: Store
+) -> None:
+    limit = 3
+    async with server_stack(settings, store, transfer_rate=limit) as stack:
+        bob = await stack.customer("0")
+        # The window is one wall-clock second: a burst that straddles two windows proves
+        # nothing, so try again (with a fresh sender) until one burst fits in one.
+        for _ in range(5):
+            alice = await stack.customer("10.00")
+            window = int(time.time())
+            accepted = [await stack.transfer(alice, bob.account, "1.00") for _ in range(limit)]
+            before = await snapshot(stack)
+            refused = await stack.transfer(alice, bob.account, "1.00")
+            if int(time.time()) == window:
+                break
+        assert [r.status_code for r in accepted] == [202] * limit
+        assert refused.status_code == 429, refused.text
+        assert refused.json()["error"]["code"] == "rate_limited"
+        assert refused.headers["Retry-After"] == "1"
+        assert await snapshot(stack) == before
+        await stack.settle_all()
