@@ -166,7 +166,10 @@ async def _move(
     return await conn.fetch_one(_RESERVE, {**values, "need": need})
 
 
-async def _append(conn: Conn, account: Row, type_: str, transfer: dict[str, Any], at: int) -> Event:
+def _event(
+    account: Row, type_: str, transfer: dict[str, Any], at: int
+) -> tuple[Event, dict[str, Any]]:
+    """An account's next event (its ``seq`` already taken), and its ``account_events`` row."""
     message = {
         "type": type_,
         "account": account["id"],
@@ -174,19 +177,21 @@ async def _append(conn: Conn, account: Row, type_: str, transfer: dict[str, Any]
         "transfer": transfer,
         "balance": balance_of(account),
     }
-    payload = orjson.dumps(message).decode()
-    await conn.execute(
-        _INSERT_EVENT,
-        {
-            "account_id": account["id"],
-            "seq": account["seq"],
-            "type": type_,
-            "transfer_id": transfer["id"],
-            "payload": payload,
-            "created_at": at,
-        },
-    )
-    return Event(account["id"], account["seq"], message)
+    row = {
+        "account_id": account["id"],
+        "seq": account["seq"],
+        "type": type_,
+        "transfer_id": transfer["id"],
+        "payload": orjson.dumps(message).decode(),
+        "created_at": at,
+    }
+    return Event(account["id"], account["seq"], message), row
+
+
+async def _append(conn: Conn, account: Row, type_: str, transfer: dict[str, Any], at: int) -> Event:
+    event, row = _event(account, type_, transfer, at)
+    await conn.execute(_INSERT_EVENT, row)
+    return event
 
 
 async def _move_pair(
@@ -466,33 +471,17 @@ class _SettlementPlan:
             {**row, "status": outcome, "failure_reason": reason, "settled_at": self.at}
         )
         for account_id in (src, dst):
-            self._event(self.accounts[account_id], f"transfer.{outcome}", transfer)
+            event, event_row = _event(
+                self.accounts[account_id], f"transfer.{outcome}", transfer, self.at
+            )
+            self.events.append(event)
+            self.event_rows.append(event_row)
 
     def _change(self, account_id: str, **deltas: int) -> None:
         account = self.accounts[account_id]
         for column, delta in deltas.items():
             account[column] += delta
         account["seq"] += 1
-
-    def _event(self, account: dict[str, Any], type_: str, transfer: dict[str, Any]) -> None:
-        message = {
-            "type": type_,
-            "account": account["id"],
-            "seq": account["seq"],
-            "transfer": transfer,
-            "balance": balance_of(account),
-        }
-        self.event_rows.append(
-            {
-                "account_id": account["id"],
-                "seq": account["seq"],
-                "type": type_,
-                "transfer_id": transfer["id"],
-                "payload": orjson.dumps(message).decode(),
-                "created_at": self.at,
-            }
-        )
-        self.events.append(Event(account["id"], account["seq"], message))
 
     def balances(self) -> list[dict[str, Any]]:
         return [
