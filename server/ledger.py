@@ -361,7 +361,7 @@ async def settle(
     """
     async with store.write() as conn:
         if not store.is_sqlite:
-            got = await conn.fetch_val(_TRY_SETTLE_LOCK, {})
+            got = await conn.fetch_val(_TRY_SETTLE_LOCK)
             if not got:
                 return []
         # PostgreSQL: lock the batch's rows, skipping any a cancel is changing right now.
@@ -455,15 +455,7 @@ class _SettlementPlan:
             outcome, reason = "completed", None
             self._change(src, posted=-amount, pending_debits=-amount)
             self._change(dst, posted=amount, pending_credits=-amount)
-            for account_id, signed in ((src, -amount), (dst, amount)):
-                self.entries.append(
-                    {
-                        "transfer_id": row["id"],
-                        "account_id": account_id,
-                        "amount": signed,
-                        "created_at": self.at,
-                    }
-                )
+            self.entries += _entries(row, self.at)
         self.finished.append(
             {"tid": row["id"], "outcome": outcome, "reason": reason, "at": self.at}
         )
@@ -496,25 +488,24 @@ class _SettlementPlan:
         ]
 
 
-async def _post_entries(conn: Conn, transfer: Row, at: int) -> None:
+def _entries(transfer: Row, at: int) -> list[dict[str, Any]]:
+    """A completed transfer's two ledger entries: -amount from the source, +amount to
+    the destination."""
     amount = transfer["amount"]
-    await conn.execute_many(
-        _INSERT_ENTRY,
-        [
-            {
-                "transfer_id": transfer["id"],
-                "account_id": transfer["from_account"],
-                "amount": -amount,
-                "created_at": at,
-            },
-            {
-                "transfer_id": transfer["id"],
-                "account_id": transfer["to_account"],
-                "amount": amount,
-                "created_at": at,
-            },
-        ],
-    )
+    return [
+        {
+            "transfer_id": transfer["id"],
+            "account_id": transfer["from_account"],
+            "amount": -amount,
+            "created_at": at,
+        },
+        {
+            "transfer_id": transfer["id"],
+            "account_id": transfer["to_account"],
+            "amount": amount,
+            "created_at": at,
+        },
+    ]
 
 
 async def cancel_transfer(
@@ -653,7 +644,7 @@ async def deposit(store: Store, account_id: str, amount: int, memo: str = "Depos
             conn, src_id, account_id, {"posted": -amount}, {"posted": amount}
         )
         assert src_row is not None and dst_row is not None
-        await _post_entries(conn, values, at)
+        await conn.execute_many(_INSERT_ENTRY, _entries(values, at))
         transfer = transfer_of(values)
         return [
             await _append(conn, src_row, "transfer.completed", transfer, at),

@@ -15,7 +15,7 @@ from server import auth
 from server.schema import api_tokens, sessions
 from tests.conftest import Customer, Stack
 from tests.test_live import close_code, recv, ws_url
-from tests.test_sessions import browser, login
+from tests.test_sessions import attempt, browser, csrf_of, login
 
 DENIED = "denied"  # 401 for the API; the login redirect (or 401 for htmx) for pages
 
@@ -140,12 +140,9 @@ async def session_for(stack: Stack, w: World, who: str, client: httpx.AsyncClien
         case "anonymous":
             return "none"
         case "wrong password":
-            page = await client.get("/login")
-            csrf = page.text.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
-            form = {"username": w.owner.username, "password": "not-it", "csrf_token": csrf}
-            r = await client.post("/login", data=form)
+            r = await attempt(client, w.owner.username, "not-it")
             assert r.status_code == 401 and "settle_session" not in r.cookies
-            return csrf
+            return csrf_of(r.text)
         case "expired":
             csrf = await login(client, w.owner)
             async with stack.store.write() as conn:

@@ -78,3 +78,26 @@ async def test_idempotency_keys_are_per_user(stack: Stack) -> None:
     assert a.status_code == b.status_code == 202 and a.json()["id"] != b.json()["id"]
     assert "Idempotent-Replayed" not in b.headers
     await stack.settle_all()
+
+
+async def test_cancels_racing_settlement_each_take_effect_once(stack: Stack) -> None:
+    # 40 pending transfers; cancel each while a worker settles them all at once. Every
+    # transfer ends either cancelled (the cancel answered 200) or completed (409), and the
+    # money moved once: released, or posted, never both (the store fixture audits too).
+    alice, bob = await stack.customer("40.00"), await stack.customer("0")
+    ids = [(await stack.transfer(alice, bob.account, "1.00")).json()["id"] for _ in range(40)]
+    cancels = [
+        stack.client.post(f"/api/transfers/{tid}/cancel", headers=alice.headers) for tid in ids
+    ]
+    settling = asyncio.create_task(stack.settle_all())
+    answers = await asyncio.gather(*cancels)
+    await settling
+    cancelled = {tid for tid, r in zip(ids, answers, strict=True) if r.status_code == 200}
+    assert all(r.status_code in (200, 409) for r in answers)
+    for tid in ids:
+        want = "cancelled" if tid in cancelled else "completed"
+        assert await stack.status_of(alice, tid) == want
+    balance = (await stack.account(alice))["balance"]
+    assert balance["posted"] == f"{len(cancelled)}.00"
+    assert balance["pending_debits"] == "0.00"
+    assert (await stack.account(bob))["balance"]["posted"] == f"{40 - len(cancelled)}.00"

@@ -56,6 +56,15 @@ async def test_group_commit_settles_a_queue_in_acceptance_order(stack: Stack) ->
     assert settled == ids
     seqs = [e.seq for e in events if e.account_id == alice.account]
     assert seqs == sorted(seqs)
+    # Each event carries the balance right after its own transfer, not the batch's end.
+    posted = [e.message["balance"]["posted"] for e in events if e.account_id == alice.account]
+    assert posted == ["9.00", "8.00", "7.00", "6.00", "5.00"]
+    received = [e.message["balance"]["posted"] for e in events if e.account_id == bob.account]
+    assert received == ["1.00", "2.00", "3.00", "4.00", "5.00"]
+    for who in (alice, bob):
+        last = [e for e in events if e.account_id == who.account][-1]
+        now = await stack.account(who)
+        assert (last.seq, last.message["balance"]) == (now["seq"], now["balance"])
     await stack.settle_all()
 
 
