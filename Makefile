@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint fmt clean bench-live bench-settle
+.PHONY: install run test chaos lint fmt clean bench-live bench-settle
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "settle needs Python 3.11+"'
@@ -31,6 +31,21 @@ test: install
 	else \
 		echo "== no PostgreSQL reachable at $(PG_URL): PostgreSQL run skipped"; \
 	fi
+
+# Fault injection (tests/chaos): kill -9 of worker and web, Redis killed with and without
+# its append-only file, PostgreSQL refusing connections, clients hanging up mid-request.
+# SQLite, then PostgreSQL when reachable; about 3 minutes. The summary table of each run
+# is printed and kept in var/chaos-summary.md.
+chaos: install
+	rm -f var/chaos-summary.md
+	$(BIN)/pytest -m chaos tests/chaos
+	@if $(BIN)/python -m tests.pg_reachable "$(PG_URL)"; then \
+		echo "== the chaos suite again on PostgreSQL"; \
+		TEST_DATABASE_URL="$(PG_URL)" $(BIN)/pytest -m chaos tests/chaos; \
+	else \
+		echo "== no PostgreSQL reachable at $(PG_URL): PostgreSQL chaos run skipped"; \
+	fi
+	@cat var/chaos-summary.md
 
 lint: install
 	$(BIN)/ruff check .

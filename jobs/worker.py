@@ -9,21 +9,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import signal
 from typing import Any
 
 import sqlalchemy as sa
 from arq import Retry, Worker, cron
 from arq.connections import RedisSettings
+from redis.exceptions import RedisError
 
-from server import ledger
-from server.db import Store
+from server import faults, ledger
+from server.db import Store, unavailable
 from server.dispatch import SETTLE_JOB, Dispatcher
+from server.redisbox import redis_settings
 from server.schema import now_us, transfers
 from server.settings import Settings
 
 log = logging.getLogger("settle.worker")
+
+RESTART_PAUSE_S = 0.2
 
 
 async def startup(ctx: dict[str, Any]) -> None:
@@ -48,13 +50,18 @@ async def settle_transfer(ctx: dict[str, Any], transfer_id: str) -> int:
     """
     settings: Settings = ctx["settings"]
     ready_before = now_us() - settings.settle_delay_ms * 1000 + 1
-    events = await ledger.settle(
-        ctx["store"],
-        transfer_id,
-        settings.settle_batch_size,
-        ready_before,
-        before_commit=_crash if settings.crash_point == "settle-before-commit" else None,
-    )
+    try:
+        events = await ledger.settle(
+            ctx["store"],
+            transfer_id,
+            settings.settle_batch_size,
+            ready_before,
+            before_commit=lambda: faults.crash_at(settings, "settle-before-commit"),
+        )
+    except Exception as exc:
+        if unavailable(exc):  # the database is down or restarting: nothing was written
+            raise Retry(defer=0.5) from exc
+        raise
     await ctx["dispatch"].publish(events)
     settled = len(events) // 2
     if settled:
@@ -68,11 +75,6 @@ async def settle_transfer(ctx: dict[str, Any], transfer_id: str) -> int:
             # that one has likely settled this transfer in its batch by then.
             raise Retry(defer=0.05)
     return settled
-
-
-def _crash() -> None:
-    log.error("SETTLE_CRASH_POINT=settle-before-commit: killing this worker mid-transaction")
-    os.kill(os.getpid(), signal.SIGKILL)
 
 
 async def sweep(ctx: dict[str, Any]) -> int:
@@ -153,8 +155,39 @@ async def stop_worker(worker: Worker, main: asyncio.Task[Any], grace_s: float) -
     running = [t for t in worker.tasks.values() if not t.done()]
     if running:
         await asyncio.wait(running, timeout=grace_s)
-    with contextlib.suppress(asyncio.CancelledError):
+    # With Redis gone, finishing the jobs and closing the pool fail too: nothing to keep.
+    with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
         await worker.close()
+
+
+async def run_worker(settings: Settings, store: Store, stop: asyncio.Event) -> None:
+    """Run a worker until ``stop`` is set, starting a fresh one whenever Redis goes away.
+
+    arq's worker ends on the first Redis error of its polling loop. A restart of Redis
+    must not take the workers down with it (nothing would settle until someone restarted
+    them), so a lost connection here means: close this worker, start another, which
+    waits for Redis to answer again (``redis_settings``: 30 tries, a second apart).
+    """
+    assert settings.redis_url is not None
+    while not stop.is_set():
+        worker = create_worker(
+            settings,
+            redis_settings(settings, settings.redis_url),
+            handle_signals=False,
+            store=store,
+        )
+        main = asyncio.create_task(worker.main())
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait([main, stopping], return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        failure = main.exception() if main.done() and not main.cancelled() else None
+        await stop_worker(worker, main, settings.job_timeout_s)
+        if failure is None:
+            continue
+        if not isinstance(failure, (RedisError, OSError)):
+            raise failure
+        log.warning("lost Redis (%r): starting a new worker", failure)
+        await asyncio.sleep(RESTART_PAUSE_S)
 
 
 assert SETTLE_JOB == settle_transfer.__name__

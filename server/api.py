@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from server import auth, errors, ledger, limits
+from server import auth, errors, faults, ledger, limits
 from server.auth import User
 from server.db import Store
 from server.dispatch import Dispatcher
@@ -215,6 +215,7 @@ async def create_transfer(request: Request) -> Response:
         return JSONResponse(
             result.response, status_code=202, headers={"Idempotent-Replayed": "true"}
         )
+    faults.crash_at(request.state.settings, "accept-after-commit")
     await dispatch.after_commit(result.events, settle=[result.transfer["id"]])
     return JSONResponse(result.response, status_code=202)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sqlite3
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,7 +16,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from server import api, errors, fragments, metrics, openapi, pages, ws
-from server.db import Store
+from server.db import Store, unavailable
 from server.dispatch import Dispatcher
 from server.hub import Hub
 from server.redisbox import redis_settings
@@ -139,25 +138,8 @@ async def http_error(request: Request, exc: Exception) -> Response:
     return error_response(err)
 
 
-# Failures of the database or Redis connection are the server's problem, but transient:
-# answer 503 so a careful client retries (with its idempotency key) instead of giving up.
-_UNAVAILABLE: tuple[type[BaseException], ...] = (OSError, sqlite3.OperationalError)
-with contextlib.suppress(ImportError):
-    import asyncpg
-    import redis.exceptions
-
-    _UNAVAILABLE += (
-        asyncpg.exceptions.CannotConnectNowError,
-        asyncpg.exceptions.ConnectionDoesNotExistError,
-        asyncpg.exceptions.AdminShutdownError,
-        asyncpg.exceptions.TooManyConnectionsError,
-        asyncpg.exceptions.InterfaceError,
-        redis.exceptions.ConnectionError,
-    )
-
-
 async def server_error(request: Request, exc: Exception) -> Response:
-    if isinstance(exc, _UNAVAILABLE):
+    if unavailable(exc):
         log.warning("unavailable: %s %s: %r", request.method, request.url.path, exc)
         busy = errors.ServiceUnavailable("a backing service is briefly unavailable; retry")
         if pages.wants_html(request):

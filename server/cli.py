@@ -17,7 +17,7 @@ from server import auth, errors, ledger
 from server.audit import audit
 from server.db import Store, create_schema
 from server.money import parse_amount
-from server.redisbox import bundled_redis, redis_settings
+from server.redisbox import bundled_redis
 from server.settings import ConfigError, Settings
 
 DEMO_PASSWORD = "settle-demo"  # noqa: S105 (printed to the user on purpose)
@@ -134,38 +134,20 @@ async def _work(settings: Settings) -> None:
     """Run the worker until SIGTERM/SIGINT, then always release the database.
 
     We own the signals rather than arq: its shutdown path can raise CancelledError
-    before on_shutdown runs, and an open aiosqlite thread would keep the process alive.
+    before on_shutdown runs, and an open database handle would keep the process alive.
     """
-    from jobs.worker import create_worker, stop_worker
+    from jobs.worker import run_worker
 
-    assert settings.redis_url is not None
     store = Store(settings)
     await store.connect()
-    worker = create_worker(
-        settings,
-        redis_settings(settings, settings.redis_url),
-        handle_signals=False,
-        store=store,
-    )
-    main = asyncio.create_task(worker.main())
-    try:
-        await _until_signal(main)
-    finally:
-        await stop_worker(worker, main, settings.job_timeout_s)
-        await store.disconnect()
-
-
-async def _until_signal(main: asyncio.Task[Any]) -> None:
-    """Until SIGTERM/SIGINT, or until ``main`` ends (its error is raised)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    stopper = asyncio.create_task(stop.wait())
-    await asyncio.wait([main, stopper], return_when=asyncio.FIRST_COMPLETED)
-    stopper.cancel()
-    if main.done():
-        main.result()
+    try:
+        await run_worker(settings, store, stop)
+    finally:
+        await store.disconnect()
 
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
@@ -178,7 +160,7 @@ async def _run_all(settings: Settings) -> None:
     """Web and worker in one event loop, sharing one database handle (one write lock)."""
     import uvicorn
 
-    from jobs.worker import create_worker, stop_worker
+    from jobs.worker import run_worker
     from server.app import create_app
 
     assert settings.redis_url is not None
@@ -198,14 +180,13 @@ async def _run_all(settings: Settings) -> None:
             app, host=settings.host, port=settings.port, log_level="info", access_log=False
         )
     )
-    worker = create_worker(
-        settings, redis_settings(settings, settings.redis_url), handle_signals=False, store=store
-    )
-    worker_task = asyncio.create_task(worker.main())
+    stop = asyncio.Event()
+    worker = asyncio.create_task(run_worker(settings, store, stop))
     try:
         await server.serve()
     finally:
-        await stop_worker(worker, worker_task, settings.job_timeout_s)
+        stop.set()
+        await worker
         await store.disconnect()
 
 

@@ -18,11 +18,15 @@ Two backends behind one small interface (``Conn``):
 from __future__ import annotations
 
 import asyncio
+import logging
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
+import asyncpg
+import redis.exceptions
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects import sqlite as sqlite_dialect
@@ -33,6 +37,9 @@ from server import migrate
 from server.settings import Settings
 
 LOCK_WAIT_S = 30.0
+CLOSE_WAIT_S = 5.0
+
+log = logging.getLogger("settle.db")
 
 Query = sa.Executable | str
 
@@ -246,7 +253,16 @@ class Store:
 
     async def disconnect(self) -> None:
         if not self.is_sqlite:
-            await self.db.disconnect()
+            try:
+                await asyncio.wait_for(self.db.disconnect(), CLOSE_WAIT_S)
+            except TimeoutError:
+                # asyncpg's close waits for every connection to come back to the pool;
+                # one the server dropped mid-operation can stay checked out for good
+                # (seen after pg_terminate_backend). Do not hang the shutdown on it.
+                log.warning("database pool did not close within %s s: terminated", CLOSE_WAIT_S)
+                pool = self.db._backend._pool
+                if pool is not None:
+                    pool.terminate()
             return
         for conn in (self._writer, self._reader):
             if conn is not None:
@@ -317,6 +333,33 @@ async def _begin_immediate(conn: sa.Connection) -> None:
                 raise
         await asyncio.sleep(pause)
         pause = min(pause * 2, 0.005)
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` means a backing service (the database, Redis) is unreachable or
+    refusing work for now: the server's problem, but transient. Requests answer 503, so
+    a careful client retries with its Idempotency-Key instead of giving up."""
+    if isinstance(exc, asyncpg.ObjectNotInPrerequisiteStateError):
+        # ALTER DATABASE ... ALLOW_CONNECTIONS false, a database being dropped.
+        return "accepting connections" in str(exc)
+    return isinstance(
+        exc,
+        OSError
+        # SQLite: the write lock held by another process for longer than LOCK_WAIT_S.
+        | sqlite3.OperationalError
+        # PostgreSQL: class 08 (connection exceptions), 57 (operator intervention:
+        # shutdown, backend terminated, cannot connect now), 53 (too many connections),
+        # and asyncpg's own "the connection is closed".
+        | asyncpg.PostgresConnectionError
+        | asyncpg.exceptions.OperatorInterventionError
+        | asyncpg.exceptions.InsufficientResourcesError
+        | asyncpg.InterfaceError
+        # A connection's protocol state broken by the server dropping it mid-operation
+        # (asyncpg issues #784, #1069): nothing of this request was committed.
+        | asyncpg.InternalClientError
+        | redis.exceptions.ConnectionError
+        | redis.exceptions.TimeoutError,
+    )
 
 
 async def create_schema(store: Store) -> None:

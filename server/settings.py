@@ -41,8 +41,7 @@ class Settings:
     token_ttl_s: int = 30 * 24 * 3600
     # Transfers accepted per user per second (API and pages together); 0: no limit.
     transfer_rate: int = 100
-    # Fault injection for the crash tests: "settle-before-commit" makes a worker SIGKILL
-    # itself inside a settlement transaction, after posting entries and before COMMIT.
+    # Fault injection for the crash and chaos tests (see server/faults.py).
     crash_point: str = ""
 
     @property

@@ -1,0 +1,458 @@
+"""The chaos driver: a settle deployment in subprocesses (its own redis-server, one web
+process, one worker), a steady stream of transfers from careful clients, WebSocket
+subscribers, and the checks that must hold once a fault has healed.
+
+A careful client, here as in the README: every transfer carries an Idempotency-Key, and
+on a network error, a timeout, a 429 or a 5xx it sends the very same request again with
+the same key until it gets an answer it can act on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import sqlalchemy as sa
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidHandshake, WebSocketException
+
+from server import auth, ledger
+from server.db import Store
+from server.money import format_amount
+from server.redisbox import start_redis_server, stop_redis_server
+from server.schema import account_events, accounts, ledger_entries, transfers
+from server.settings import Settings
+from tests.conftest import settings_env
+
+TERMINAL = {"completed", "failed", "cancelled"}
+RETRY_STATUSES = {429, 500, 502, 503, 504}
+MEMO = "chaos:"
+
+
+class Redis:
+    """A redis-server this run owns, so that it may kill and restart it."""
+
+    def __init__(self, var: Path) -> None:
+        self.var = var
+        self.sock = var / "redis.sock"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.appendonly = True
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.sock}"
+
+    def start(self, appendonly: bool | None = None) -> None:
+        if appendonly is not None:
+            self.appendonly = appendonly
+        self.proc = start_redis_server(self.var, self.sock, self.appendonly)
+
+    def kill(self, keep_data: bool) -> None:
+        """SIGKILL: what was not yet in the append-only file is gone; without
+        ``keep_data``, the file too (as if it had never been kept)."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+        if not keep_data:
+            for stale in self.var.glob("appendonly*"):
+                stale.unlink()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_redis_server(self.proc)
+
+
+class Fleet:
+    """``settle web`` and ``settle worker`` subprocesses, logging under ``logs``."""
+
+    def __init__(self, settings: Settings, logs: Path, port: int) -> None:
+        self.settings = settings
+        self.logs = logs
+        self.port = port
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.expected_dead: set[str] = set()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, name: str, **env: str) -> None:
+        args = ["web", "--workers", "1"] if name == "web" else ["worker"]
+        env = {"PORT": str(self.port), "HOST": "127.0.0.1", "SETTLE_CRASH_POINT": "", **env}
+        with open(self.logs / f"{name}.log", "ab") as log:
+            self.procs[name] = subprocess.Popen(
+                [sys.executable, "-m", "server.cli", *args],
+                env=settings_env(self.settings, **env),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        self.expected_dead.discard(name)
+
+    def kill(self, name: str) -> None:
+        proc = self.procs[name]
+        self.expected_dead.add(name)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    async def crashed(self, name: str, within: float = 30) -> None:
+        """Wait for ``name`` to die by its own hand (a SETTLE_CRASH_POINT)."""
+        proc = self.procs[name]
+        self.expected_dead.add(name)
+        code = await asyncio.wait_for(asyncio.to_thread(proc.wait), within)
+        assert code == -signal.SIGKILL, f"{name} exited with {code}, not by its crash point"
+
+    def check_alive(self) -> None:
+        for name, proc in self.procs.items():
+            if name not in self.expected_dead and proc.poll() is not None:
+                tail = (self.logs / f"{name}.log").read_text(errors="replace")[-3000:]
+                raise AssertionError(f"{name} exited with {proc.returncode}:\n{tail}")
+
+    def stop_all(self) -> None:
+        """SIGTERM each process; one that does not stop within 15 s fails the test."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        hung = []
+        for name, proc in self.procs.items():
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                hung.append(name)
+                proc.kill()
+                proc.wait()
+        assert not hung, f"did not stop within 15 s of SIGTERM: {hung}"
+
+    async def ready(self, within: float = 30) -> None:
+        deadline = time.monotonic() + within
+        async with httpx.AsyncClient(timeout=2) as client:
+            while True:
+                self.check_alive()
+                with contextlib.suppress(httpx.TransportError):
+                    if (await client.get(f"{self.base_url}/readyz")).status_code == 200:
+                        return
+                assert time.monotonic() < deadline, f"web not ready within {within} s"
+                await asyncio.sleep(0.05)
+
+    def audit(self) -> subprocess.CompletedProcess[str]:
+        """``settle audit``, exactly as an operator runs it."""
+        return subprocess.run(
+            [sys.executable, "-m", "server.cli", "audit"],
+            env=settings_env(self.settings),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Holder:
+    account: str
+    token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+async def holders(store: Store, n: int, deposit: int) -> list[Holder]:
+    made = []
+    for _ in range(n):
+        name = f"chaos{os.urandom(4).hex()}"
+        user_id, account = await ledger.create_user(store, name, auth.hash_password("pw"))
+        await ledger.deposit(store, account, deposit)
+        made.append(Holder(account, await auth.issue_token(store, user_id, 3600)))
+    return made
+
+
+@dataclasses.dataclass
+class Load:
+    """Careful clients sending transfers (and cancelling some) until told to stop."""
+
+    base_url: str
+    holders: list[Holder]
+    rng: random.Random
+    clients: int = 6
+    pause_s: float = 0.01
+    cancel_every: int = 5
+    # Filled in as the run goes.
+    acked: dict[str, str] = dataclasses.field(default_factory=dict)  # key -> transfer id
+    statuses: collections.Counter[int] = dataclasses.field(default_factory=collections.Counter)
+    transport_errors: int = 0
+    next_key: int = 0
+    run_id: str = dataclasses.field(default_factory=lambda: os.urandom(4).hex())
+    stopping: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    running: asyncio.Future[Any] | None = None
+
+    def start(self) -> None:
+        self.running = asyncio.gather(*(self._client(self.stopping) for _ in range(self.clients)))
+
+    async def finish(self) -> None:
+        """Stop sending new transfers; wait until every one sent has its answer."""
+        assert self.running is not None
+        self.stopping.set()
+        await asyncio.wait_for(asyncio.shield(self.running), 90)
+
+    async def abandon(self) -> None:
+        if self.running is not None:
+            self.running.cancel()
+            await asyncio.gather(self.running, return_exceptions=True)
+
+    async def _client(self, stop: asyncio.Event) -> None:
+        async with httpx.AsyncClient(base_url=self.base_url, timeout=5) as client:
+            while not stop.is_set():
+                self.next_key += 1
+                n = self.next_key
+                src, dst = self.rng.sample(self.holders, 2)
+                key = f"chaos-{self.run_id}-{n}"
+                body = {
+                    "from_account": src.account,
+                    "to_account": dst.account,
+                    "amount": format_amount(self.rng.randint(1, 500)),
+                    "memo": MEMO + key,
+                }
+                headers = {**src.headers, "Idempotency-Key": key}
+                r = await self.carefully(client, "POST", "/api/transfers", body, headers)
+                assert r.status_code == 202, r.text
+                self.acked[key] = r.json()["id"]
+                if n % self.cancel_every == 0:
+                    path = f"/api/transfers/{self.acked[key]}/cancel"
+                    r = await self.carefully(client, "POST", path, None, src.headers)
+                    # 409: settlement won the race; either way the transfer ends once.
+                    assert r.status_code in (200, 409), r.text
+                await asyncio.sleep(self.pause_s)
+
+    async def carefully(
+        self,
+        client: httpx.AsyncClient,
+        method: str,
+        path: str,
+        body: Any,
+        headers: dict[str, str],
+        give_up_after: float = 60,
+    ) -> httpx.Response:
+        deadline = time.monotonic() + give_up_after
+        while True:
+            try:
+                r = await client.request(method, path, json=body, headers=headers)
+            except httpx.TransportError:
+                self.transport_errors += 1
+            else:
+                self.statuses[r.status_code] += 1
+                if r.status_code not in RETRY_STATUSES:
+                    return r
+                assert r.status_code != 500, f"a 500 under faults: {r.text}"
+                if r.status_code == 503:
+                    assert r.json()["error"]["code"] == "service_unavailable", r.text
+            assert time.monotonic() < deadline, f"{method} {path}: no answer in {give_up_after} s"
+            await asyncio.sleep(0.05)
+
+
+@dataclasses.dataclass
+class Watcher:
+    """A WebSocket subscriber that reconnects with ``since`` whenever its socket drops."""
+
+    base_url: str
+    holder: Holder
+    seqs: list[int] = dataclasses.field(default_factory=list)
+    balance: dict[str, str] | None = None
+    reconnects: int = 0
+
+    async def run(self) -> None:
+        ws_url = self.base_url.replace("http://", "ws://")
+        while True:
+            since = self.seqs[-1] if self.seqs else 0
+            url = f"{ws_url}/ws?account={self.holder.account}&since={since}"
+            with contextlib.suppress(OSError, WebSocketException, InvalidHandshake):
+                async with connect(url, additional_headers=self.holder.headers) as ws:
+                    async for raw in ws:
+                        self.receive(orjson.loads(raw))
+            self.reconnects += 1
+            await asyncio.sleep(0.05)
+
+    def receive(self, message: dict[str, Any]) -> None:
+        if "seq" not in message or "balance" not in message:
+            return  # a ping
+        self.seqs.append(message["seq"])
+        self.balance = message["balance"]
+
+
+@dataclasses.dataclass
+class Round:
+    fault: str
+    injected: int
+    acked: int
+    duplicates: int
+    lost: int
+    heal_s: float
+    unavailable: int
+
+
+async def wait_for(
+    what: str, done: Callable[[], Awaitable[bool]], fleet: Fleet, within: float
+) -> float:
+    """Poll ``done`` until it holds; return how long that took."""
+    start = time.monotonic()
+    while not await done():
+        fleet.check_alive()
+        assert time.monotonic() - start < within, f"not healed within {within} s: {what}"
+        await asyncio.sleep(0.05)
+    return time.monotonic() - start
+
+
+async def healed(store: Store, fleet: Fleet, watchers: list[Watcher], within: float = 45) -> float:
+    """Wait until nothing is pending and every subscriber has its account's last event."""
+
+    async def settled_and_seen() -> bool:
+        pending = await store.fetch_val(
+            sa.select(sa.func.count()).where(
+                transfers.c.status == "pending", transfers.c.memo.startswith(MEMO)
+            )
+        )
+        if pending:
+            return False
+        seqs = dict(
+            (r["id"], r["seq"])
+            for r in await store.fetch_all(sa.select(accounts.c.id, accounts.c.seq))
+        )
+        return all(w.seqs and w.seqs[-1] == seqs[w.holder.account] for w in watchers)
+
+    return await wait_for(
+        "every transfer final, every subscriber current", settled_and_seen, fleet, within
+    )
+
+
+async def verify(
+    store: Store, fleet: Fleet, load: Load, watchers: list[Watcher]
+) -> tuple[int, int]:
+    """Every check the issue lists; returns (duplicates, lost) for the summary (both 0,
+    or an assertion has already failed)."""
+    result = fleet.audit()
+    assert result.returncode == 0, "settle audit failed:\n" + result.stdout + result.stderr
+
+    rows = await store.fetch_all(
+        sa.select(transfers.c.id, transfers.c.memo, transfers.c.status).where(
+            transfers.c.memo.startswith(MEMO)
+        )
+    )
+    by_key: dict[str, list[Any]] = collections.defaultdict(list)
+    for row in rows:
+        by_key[row["memo"].removeprefix(MEMO)].append(row)
+    duplicates = sum(len(v) - 1 for v in by_key.values())
+    lost = [k for k, tid in load.acked.items() if [r["id"] for r in by_key.get(k, [])] != [tid]]
+    assert duplicates == 0, f"{duplicates} duplicate transfers from retried keys"
+    assert not lost, f"acknowledged transfers missing or replaced: {lost[:5]}"
+    not_final = [r["id"] for r in rows if r["status"] not in TERMINAL]
+    assert not not_final, f"transfers not final after healing: {not_final[:5]}"
+
+    # Exactly once: one final event on the sender's log, and two ledger entries for a
+    # completed transfer (none otherwise).
+    ids = [r["id"] for r in rows]
+    finals = collections.Counter(
+        r["transfer_id"]
+        for r in await store.fetch_all(
+            sa.select(account_events.c.transfer_id)
+            .select_from(
+                account_events.join(transfers, transfers.c.id == account_events.c.transfer_id)
+            )
+            .where(
+                account_events.c.account_id == transfers.c.from_account,
+                account_events.c.type.in_([f"transfer.{s}" for s in TERMINAL]),
+                transfers.c.memo.startswith(MEMO),
+            )
+        )
+    )
+    entries = collections.Counter(
+        r["transfer_id"]
+        for r in await store.fetch_all(
+            sa.select(ledger_entries.c.transfer_id)
+            .select_from(
+                ledger_entries.join(transfers, transfers.c.id == ledger_entries.c.transfer_id)
+            )
+            .where(transfers.c.memo.startswith(MEMO))
+        )
+    )
+    status = {r["id"]: r["status"] for r in rows}
+    for tid in ids:
+        assert finals[tid] == 1, f"{tid} ended {finals[tid]} times"
+        assert entries[tid] == (2 if status[tid] == "completed" else 0), tid
+
+    balances = {r["id"]: r for r in await store.fetch_all(sa.select(accounts))}
+    for w in watchers:
+        row = balances[w.holder.account]
+        assert w.seqs == list(range(w.seqs[0], row["seq"] + 1)), "each event once, in order"
+        assert w.balance == ledger.balance_of(row), "the subscriber's balance is the ledger's"
+    return duplicates, len(lost)
+
+
+def render(rounds: list[Round]) -> str:
+    """The summary table, one line per fault (rounds added up, heal time the worst)."""
+    by_fault: dict[str, list[Round]] = {}
+    for r in rounds:
+        by_fault.setdefault(r.fault, []).append(r)
+    lines = [
+        "| fault | rounds | faults injected | transfers acked | duplicates | lost "
+        "| 503s answered | worst time to heal |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for fault, rs in by_fault.items():
+        lines.append(
+            f"| {fault} | {len(rs)} | {sum(r.injected for r in rs)} "
+            f"| {sum(r.acked for r in rs)} | {sum(r.duplicates for r in rs)} "
+            f"| {sum(r.lost for r in rs)} | {sum(r.unavailable for r in rs)} "
+            f"| {max(r.heal_s for r in rs):.1f} s |"
+        )
+    return "\n".join(lines)
+
+
+@dataclasses.dataclass
+class Chaos:
+    """One deployment under test and the rounds run against it."""
+
+    store: Store
+    fleet: Fleet
+    redis: Redis
+    holders: list[Holder]
+    watchers: list[Watcher]
+    rng: random.Random = dataclasses.field(default_factory=lambda: random.Random(6))
+    rounds: list[Round] = dataclasses.field(default_factory=list)
+
+    async def round(
+        self,
+        fault: str,
+        inject: Callable[[Load], Awaitable[int]],
+    ) -> Round:
+        """Run the load, ``inject`` the fault (it returns once the fault is repaired,
+        with how many it injected; it may ``finish`` the load first, so that only the
+        system's own recovery can heal it), let the clients finish, wait until healed,
+        verify."""
+        load = Load(self.fleet.base_url, self.holders, self.rng)
+        load.start()
+        try:
+            await asyncio.sleep(self.rng.uniform(0.2, 0.5))  # steady state first
+            injected = await inject(load)
+            repaired = time.monotonic()
+            await load.finish()
+        finally:
+            await load.abandon()
+        await healed(self.store, self.fleet, self.watchers)
+        heal_s = time.monotonic() - repaired
+        duplicates, lost = await verify(self.store, self.fleet, load, self.watchers)
+        done = Round(fault, injected, len(load.acked), duplicates, lost, heal_s, load.statuses[503])
+        self.rounds.append(done)
+        return done

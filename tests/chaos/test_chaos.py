@@ -1,0 +1,165 @@
+"""One fault at a time, several rounds each, under a steady stream of transfers; after
+each round heals: ``settle audit`` holds, every acknowledged transfer ended exactly once,
+none is lost or duplicated, and every subscriber shows the ledger's balance."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+import httpx
+import pytest
+
+from server.money import format_amount
+from tests.chaos.harness import MEMO, Chaos, Load
+
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(240)]
+
+ROUNDS = 3
+
+
+async def test_worker_killed_mid_settlement(chaos: Chaos) -> None:
+    """kill -9 of the worker, at its crash point inside a settlement transaction (after
+    the entries, before COMMIT) or at a random moment under load, then a restart: while
+    transfers keep coming, or after they stopped (only the queue and the sweeper heal)."""
+    fleet = chaos.fleet
+
+    def kill(at_crash_point: bool, quiet: bool) -> Callable[[Load], Awaitable[int]]:
+        async def inject(load: Load) -> int:
+            if at_crash_point:
+                fleet.kill("worker")
+                fleet.start("worker", SETTLE_CRASH_POINT="settle-before-commit")
+                await fleet.crashed("worker")
+            else:
+                await asyncio.sleep(chaos.rng.uniform(0, 0.3))
+                fleet.kill("worker")
+            await (load.finish() if quiet else asyncio.sleep(0.3))
+            fleet.start("worker")
+            return 1
+
+        return inject
+
+    for at_crash_point, quiet in [(True, False), (False, True), (True, True), (False, False)]:
+        await chaos.round("worker kill -9", kill(at_crash_point, quiet))
+
+
+async def test_web_killed_between_commit_and_enqueue(chaos: Chaos) -> None:
+    """kill -9 of the web process, at its crash point right after a transfer's COMMIT and
+    before its job is enqueued, or at a random moment under load; then a restart. The
+    clients retry their unanswered requests until it is back."""
+    fleet = chaos.fleet
+
+    def kill(at_crash_point: bool) -> Callable[[Load], Awaitable[int]]:
+        async def inject(load: Load) -> int:
+            fleet.kill("web")
+            if at_crash_point:
+                fleet.start("web", SETTLE_CRASH_POINT="accept-after-commit")
+                await fleet.crashed("web")
+            fleet.start("web")
+            await fleet.ready()
+            return 1
+
+        return inject
+
+    for at_crash_point in [True, False, True, False]:
+        await chaos.round("web kill -9", kill(at_crash_point))
+
+
+@pytest.mark.parametrize("appendonly", [True, False], ids=["aof", "no-aof"])
+async def test_redis_killed_and_restarted(chaos: Chaos, appendonly: bool) -> None:
+    """kill -9 of redis-server, restarted half a second later: with its append-only file
+    (queued jobs survive, up to its last fsync) or without (every queued job is gone).
+    Transfers are still accepted meanwhile; their jobs cannot be enqueued. In the quiet
+    rounds the load stops before Redis is back, so only the sweeper can settle them."""
+    redis = chaos.redis
+
+    def kill(quiet: bool) -> Callable[[Load], Awaitable[int]]:
+        async def inject(load: Load) -> int:
+            redis.kill(keep_data=appendonly)
+            await (load.finish() if quiet else asyncio.sleep(0.5))
+            redis.start(appendonly=appendonly)
+            return 1
+
+        return inject
+
+    name = "redis kill -9, " + ("with AOF" if appendonly else "without AOF")
+    for quiet in [False, True, True]:
+        await chaos.round(name, kill(quiet))
+
+
+async def test_database_unavailable(chaos: Chaos, postgres_url: str | None) -> None:
+    """PostgreSQL refuses new connections for a second and every backend of ours is
+    terminated: requests answer 503 service_unavailable, clients retry with their key."""
+    if postgres_url is None:
+        pytest.skip("PostgreSQL only: SQLite has no server to lose")
+    name = postgres_url.rsplit("/", 1)[1]
+    admin_dsn = postgres_url.rsplit("/", 1)[0] + "/postgres"
+
+    async def outage(load: Load) -> int:
+        admin = await asyncpg.connect(admin_dsn)
+        try:
+            await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = $1 AND pid <> pg_backend_pid()",
+                name,
+            )
+            await asyncio.sleep(1.0)
+        finally:
+            await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+            await admin.close()
+        return 1
+
+    unavailable = 0
+    for _ in range(ROUNDS):
+        unavailable += (await chaos.round("database unavailable", outage)).unavailable
+    assert unavailable > 0, "the outage never reached a client: the test tested nothing"
+
+
+async def test_client_disconnects_mid_request_and_retries(chaos: Chaos) -> None:
+    """Clients that hang up mid-request (after the headers, after the body, a moment
+    after the body) and then send the same request again with the same key."""
+    fleet = chaos.fleet
+
+    async def hang_up(load: Load) -> int:
+        port = int(fleet.base_url.rsplit(":", 1)[1])
+        hung = 0
+        async with httpx.AsyncClient(base_url=fleet.base_url, timeout=5) as client:
+            for n in range(12):
+                src, dst = chaos.rng.sample(chaos.holders, 2)
+                key = f"chaos-hangup-{load.run_id}-{n}"
+                body = {
+                    "from_account": src.account,
+                    "to_account": dst.account,
+                    "amount": format_amount(chaos.rng.randint(1, 500)),
+                    "memo": MEMO + key,
+                }
+                headers = {**src.headers, "Idempotency-Key": key}
+                request = client.build_request("POST", "/api/transfers", json=body, headers=headers)
+                raw = b"".join(
+                    [
+                        f"POST /api/transfers HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n".encode(),
+                        b"".join(f"{k}: {v}\r\n".encode() for k, v in request.headers.items()),
+                        b"\r\n",
+                        request.content,
+                    ]
+                )
+                cut = (len(raw) - len(request.content) // 2, len(raw), len(raw))[n % 3]
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(raw[:cut])
+                await writer.drain()
+                if n % 3 == 2:
+                    await asyncio.sleep(chaos.rng.uniform(0, 0.005))
+                writer.transport.abort()  # a reset, not a polite close
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
+                hung += 1
+                r = await load.carefully(client, "POST", "/api/transfers", body, headers)
+                assert r.status_code == 202, r.text
+                load.acked[key] = r.json()["id"]
+        return hung
+
+    for _ in range(ROUNDS):
+        await chaos.round("client hangs up, retries", hang_up)
