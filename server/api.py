@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from server import auth, errors, faults, ledger, limits
+from server import auth, errors, faults, ledger, limits, sessions
 from server.auth import User
 from server.db import Store
 from server.dispatch import Dispatcher
@@ -94,7 +94,14 @@ async def create_token(request: Request) -> Response:
     username = text_field(data, "username", max_len=64)
     password = text_field(data, "password", max_len=1024)
     store = store_of(request)
-    user_id = await auth.check_credentials(store, username, password)
+    # The same guard as the login form: a password is guessed as easily here.
+    await sessions.check_rate_limit(request, username)
+    try:
+        user_id = await auth.check_credentials(store, username, password)
+    except errors.Unauthorized:
+        await sessions.record_failure(request, username)
+        raise
+    await sessions.clear_failures(request, username)
     settings: Settings = request.state.settings
     token = await auth.issue_token(store, user_id, settings.token_ttl_s)
     return JSONResponse({"token": token, "expires_in": settings.token_ttl_s}, status_code=201)

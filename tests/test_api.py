@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from server import ledger
+from server import ledger, sessions
 from server.db import Store
 from server.settings import Settings
 from tests.conftest import Customer, Stack
@@ -248,6 +248,20 @@ async def test_tokens_are_issued_for_the_right_password_only(stack: Stack) -> No
         assert r.json()["error"]["message"] == "wrong username or password"
     stored = await stack.store.fetch_all("SELECT token_hash FROM api_tokens")
     assert all(token not in r["token_hash"] for r in stored), "tokens are stored hashed"
+
+
+async def test_token_requests_share_the_login_lockout(stack: Stack) -> None:
+    """Guessing a password through the API is limited like the login form, and failures
+    on either count together."""
+    alice = await stack.customer("0")
+    wrong = {"username": alice.username, "password": "guess"}
+    for _ in range(sessions.MAX_FAILURES_PER_USER):
+        assert (await stack.client.post("/api/tokens", json=wrong)).status_code == 401
+    right = {**wrong, "password": "pw-" + alice.username}
+    r = await stack.client.post("/api/tokens", json=right)
+    assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limited"
+    assert int(r.headers["retry-after"]) > 0
+    assert await stack.store.fetch_val("SELECT count(*) FROM api_tokens") == 1, "only alice's own"
 
 
 async def test_pagination_limits_are_validated(stack: Stack) -> None:
