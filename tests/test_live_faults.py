@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import contextlib
 import os
+import random
 import socket
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ import pytest
 from redis.asyncio import Redis
 from starlette.websockets import WebSocket
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from server import ledger
 from server.db import Store
@@ -270,3 +273,84 @@ def test_session_sockets_must_come_from_the_apps_own_origin(
 
 async def _never(*args: Any) -> Any:
     raise AssertionError("not called")
+
+
+FUZZ_CASES = 80
+
+
+def fuzz_case(rng: random.Random, own: str, others: list[str]) -> tuple[str, list[str | bytes]]:
+    """A random query string (some parts valid, some hostile) and client frames."""
+    accounts = [own, *others, "", "acc_" + "x" * rng.randint(1, 3000), "%00%ff", "&since=1"]
+    parts = []
+    if rng.random() < 0.9:
+        parts.append("account=" + (own if rng.random() < 0.5 else rng.choice(accounts)))
+    if rng.random() < 0.3:  # a second account parameter, perhaps another's
+        parts.append("account=" + rng.choice(accounts))
+    since = [str(rng.randint(0, 50)), "-1", "1.5", "1e3", str(10**30), "", "%20", "nan"]
+    if rng.random() < 0.7:
+        parts.append("since=" + (since[0] if rng.random() < 0.5 else rng.choice(since)))
+    if rng.random() < 0.3:
+        parts.append("fragments=" + rng.choice(["1", "0", "yes", ""]))
+    if rng.random() < 0.2:
+        junk = (chr(rng.randint(33, 126)) for _ in range(rng.randint(1, 40)))
+        parts.append("".join(junk).replace("#", "%23"))  # a "#" would end the URL
+    rng.shuffle(parts)
+    frames: list[str | bytes] = []
+    for _ in range(rng.randint(0, 3)):
+        kind = rng.choice(["text", "binary", "huge", "flood", "json"])
+        if kind == "text":
+            frames.append("".join(chr(rng.randint(1, 0x2FFF)) for _ in range(rng.randint(0, 200))))
+        elif kind == "binary":
+            frames.append(rng.randbytes(rng.randint(0, 10_000)))
+        elif kind == "huge":
+            frames.append("x" * rng.randint(4097, 100_000))
+        elif kind == "flood":
+            frames.extend(['{"type":"hello"}'] * 60)
+        else:
+            frames.append(f'{{"type":"subscribe","account":"{rng.choice(others)}"}}')
+    return "&".join(parts), frames
+
+
+async def test_fuzzed_queries_and_frames_never_leak_or_crash(stack: Stack) -> None:
+    """Seeded random handshakes and frames from a user: every socket either subscribes to
+    that user's own account or is refused/closed with a close code; no message ever
+    carries another account; the server keeps serving throughout."""
+    mallory = await stack.customer("30.00")
+    alice, bob = await stack.customer("50.00"), await stack.customer("0")
+    for who in (alice, mallory):
+        assert (await stack.transfer(who, bob.account, "1.00")).status_code == 202
+    await stack.settle_all()
+    rng = random.Random(7)
+    allowed = {1000, 1008, 1009, 1013, 4400, 4401, 4403}
+    outcomes: collections.Counter[str] = collections.Counter()
+    base = f"ws{stack.base_url.removeprefix('http')}/ws?"
+    for _ in range(FUZZ_CASES):
+        query, frames = fuzz_case(rng, mallory.account, [alice.account, bob.account])
+        try:
+            async with connect(base + query, additional_headers=mallory.headers) as ws:
+                with contextlib.suppress(ConnectionClosed):
+                    for frame in frames:
+                        await ws.send(frame)
+                    while True:
+                        message = orjson.loads(await asyncio.wait_for(ws.recv(), 0.2))
+                        assert message.get("account", mallory.account) == mallory.account, (
+                            query,
+                            message,
+                        )
+        except TimeoutError:
+            outcomes["open"] += 1  # subscribed, nothing more to say: fine
+            continue
+        except InvalidStatus as exc:  # refused before the handshake (a URL too long)
+            assert exc.response.status_code in (400, 414), query
+            outcomes[f"http {exc.response.status_code}"] += 1
+            continue
+        assert ws.close_code in allowed, (query, ws.close_code)
+        outcomes[f"close {ws.close_code}"] += 1
+    # Both kinds happened: the fuzzer reached past the handshake and was refused too.
+    assert outcomes["open"] and sum(v for k, v in outcomes.items() if k != "open"), outcomes
+    assert (await stack.client.get("/readyz")).status_code == 200
+    start = await seq_of(stack, mallory)
+    async with subscribe(stack.base_url, mallory, start) as ws:
+        await stack.transfer(mallory, bob.account, "1.00")
+        assert (await recv(ws))["seq"] == start + 1
+    await stack.settle_all()
