@@ -22,8 +22,10 @@ log = logging.getLogger("settle.dispatch")
 SETTLE_JOB = "settle_transfer"
 
 
-def job_id(transfer_id: str) -> str:
-    return f"settle:{transfer_id}"
+def job_id(settings: Settings, transfer_id: str) -> str:
+    """arq keys its jobs by id (``arq:job:<id>``, ``arq:in-progress:<id>``): with the
+    prefix in the id, deployments sharing one Redis never see each other's jobs."""
+    return f"{settings.redis_prefix}:{transfer_id}"
 
 
 def channel(settings: Settings, account_id: str) -> str:
@@ -42,7 +44,7 @@ class Dispatcher:
                 await self.redis.enqueue_job(
                     SETTLE_JOB,
                     transfer_id,
-                    _job_id=job_id(transfer_id),
+                    _job_id=job_id(self.settings, transfer_id),
                     _queue_name=self.settings.queue_name,
                     _defer_by=defer_ms / 1000 if defer_ms else None,
                 )
