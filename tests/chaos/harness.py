@@ -271,7 +271,6 @@ class Watcher:
     holder: Holder
     seqs: list[int] = dataclasses.field(default_factory=list)
     balance: dict[str, str] | None = None
-    reconnects: int = 0
 
     async def run(self) -> None:
         ws_url = self.base_url.replace("http://", "ws://")
@@ -282,7 +281,6 @@ class Watcher:
                 async with connect(url, additional_headers=self.holder.headers) as ws:
                     async for raw in ws:
                         self.receive(orjson.loads(raw))
-            self.reconnects += 1
             await asyncio.sleep(0.05)
 
     def receive(self, message: dict[str, Any]) -> None:
@@ -301,6 +299,7 @@ class Round:
     lost: int
     heal_s: float
     unavailable: int
+    retries: int
 
 
 async def wait_for(
@@ -407,14 +406,15 @@ def render(rounds: list[Round]) -> str:
         by_fault.setdefault(r.fault, []).append(r)
     lines = [
         "| fault | rounds | faults injected | transfers acked | duplicates | lost "
-        "| 503s answered | worst time to heal |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| client retries | 503s answered | worst time to heal |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for fault, rs in by_fault.items():
         lines.append(
             f"| {fault} | {len(rs)} | {sum(r.injected for r in rs)} "
             f"| {sum(r.acked for r in rs)} | {sum(r.duplicates for r in rs)} "
-            f"| {sum(r.lost for r in rs)} | {sum(r.unavailable for r in rs)} "
+            f"| {sum(r.lost for r in rs)} | {sum(r.retries for r in rs)} "
+            f"| {sum(r.unavailable for r in rs)} "
             f"| {max(r.heal_s for r in rs):.1f} s |"
         )
     return "\n".join(lines)
@@ -453,6 +453,9 @@ class Chaos:
         await healed(self.store, self.fleet, self.watchers)
         heal_s = time.monotonic() - repaired
         duplicates, lost = await verify(self.store, self.fleet, load, self.watchers)
-        done = Round(fault, injected, len(load.acked), duplicates, lost, heal_s, load.statuses[503])
+        retries = load.transport_errors + sum(load.statuses[c] for c in RETRY_STATUSES)
+        done = Round(
+            fault, injected, len(load.acked), duplicates, lost, heal_s, load.statuses[503], retries
+        )
         self.rounds.append(done)
         return done
