@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 from server import faults, ledger
 from server.db import Store, unavailable
 from server.dispatch import SETTLE_JOB, Dispatcher
+from server.metrics import SETTLEMENT
 from server.redisbox import redis_settings
 from server.schema import now_us, transfers
 from server.settings import Settings
@@ -63,6 +64,7 @@ async def settle_transfer(ctx: dict[str, Any], transfer_id: str) -> int:
             raise Retry(defer=0.5) from exc
         raise
     await ctx["dispatch"].publish(events)
+    record(events)
     settled = len(events) // 2
     if settled:
         log.info("settled %d transfers (job for %s)", settled, transfer_id)
@@ -98,7 +100,14 @@ async def sweep(ctx: dict[str, Any]) -> int:
     for transfer_id in await ledger.pending_older_than(store, very_late):
         events = await ledger.settle(store, transfer_id, 1, 0)
         await ctx["dispatch"].publish(events)
+        record(events)
     return len(stuck)
+
+
+def record(events: list[ledger.Event]) -> None:
+    """Metrics and one log line for each transfer these settlement events finished."""
+    finished = {e.message["transfer"]["id"]: e.message["transfer"] for e in events}
+    SETTLEMENT.record(list(finished.values()))
 
 
 def create_worker(

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from server import auth, errors, faults, ledger, limits, sessions
+from server import auth, errors, faults, ledger, limits, metrics, sessions
 from server.auth import User
 from server.db import Store
 from server.dispatch import Dispatcher
@@ -71,7 +71,15 @@ def text_field(data: dict[str, Any], name: str, *, max_len: int, required: bool 
         raise errors.InvalidField(f"{name} must be at most {max_len} characters", name)
     if required and not value:
         raise errors.InvalidField(f"{name} must not be empty", name)
+    if "\x00" in value:
+        raise errors.InvalidField(f"{name} must not contain NUL characters", name)
     return value
+
+
+def lookup_id(value: str) -> str:
+    """An account or transfer id from the request, to look up. PostgreSQL text cannot hold
+    NUL, so no id has one and querying with it fails: look up "" instead, found by nothing."""
+    return "" if "\x00" in value else value
 
 
 def store_of(request: Request) -> Store:
@@ -118,7 +126,9 @@ async def revoke_token(request: Request) -> Response:
 
 async def owned_account(store: Store, user: User, account_id: str) -> Any:
     row = await store.fetch_one(
-        sa.select(accounts).where(accounts.c.id == account_id, accounts.c.user_id == user.id)
+        sa.select(accounts).where(
+            accounts.c.id == lookup_id(account_id), accounts.c.user_id == user.id
+        )
     )
     if row is None:
         raise errors.AccountNotFound("no such account")
@@ -141,7 +151,7 @@ async def get_account(request: Request) -> Response:
 
 def _page_limit(request: Request) -> int:
     raw = request.query_params.get("limit", "50")
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_PAGE:
         raise errors.InvalidField(f"limit must be a whole number from 1 to {MAX_PAGE}", "limit")
     return int(raw)
 
@@ -166,7 +176,7 @@ async def account_transfers(request: Request) -> Response:
     if before is not None:
         cursor = await store.fetch_one(
             sa.select(transfers.c.created_at, transfers.c.id).where(
-                transfers.c.id == before,
+                transfers.c.id == lookup_id(before),
                 sa.or_(
                     transfers.c.from_account == account["id"],
                     transfers.c.to_account == account["id"],
@@ -219,9 +229,11 @@ async def create_transfer(request: Request) -> Response:
         store_of(request), user.id, from_account, to_account, amount, memo, key
     )
     if result.replayed:
+        metrics.note(request, orjson.loads(result.response)["id"])
         return JSONResponse(
             result.response, status_code=202, headers={"Idempotent-Replayed": "true"}
         )
+    metrics.note(request, result.transfer["id"], "accepted")
     faults.crash_at(request.state.settings, "accept-after-commit")
     await dispatch.after_commit(result.events, settle=[result.transfer["id"]])
     return JSONResponse(result.response, status_code=202)
@@ -231,7 +243,7 @@ async def visible_transfer(store: Store, user: User, transfer_id: str) -> Any:
     mine = sa.select(accounts.c.id).where(accounts.c.user_id == user.id)
     row = await store.fetch_one(
         sa.select(transfers).where(
-            transfers.c.id == transfer_id,
+            transfers.c.id == lookup_id(transfer_id),
             sa.or_(transfers.c.from_account.in_(mine), transfers.c.to_account.in_(mine)),
         )
     )
@@ -243,14 +255,16 @@ async def visible_transfer(store: Store, user: User, transfer_id: str) -> Any:
 async def get_transfer(request: Request) -> Response:
     user = await current_user(request)
     row = await visible_transfer(store_of(request), user, request.path_params["transfer_id"])
+    metrics.note(request, row["id"])
     return JSONResponse(ledger.transfer_of(row))
 
 
 async def cancel_transfer(request: Request) -> Response:
     user = await current_user(request)
     transfer, events = await ledger.cancel_transfer(
-        store_of(request), user.id, request.path_params["transfer_id"]
+        store_of(request), user.id, lookup_id(request.path_params["transfer_id"])
     )
+    metrics.note(request, transfer["id"], "cancelled")
     dispatch: Dispatcher = request.state.dispatch
     await dispatch.after_commit(events)
     return JSONResponse(transfer)

@@ -10,6 +10,7 @@ from typing import Any
 from arq import create_pool
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route, WebSocketRoute
@@ -23,6 +24,8 @@ from server.redisbox import redis_settings
 from server.settings import Settings
 
 log = logging.getLogger("settle.app")
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
 def create_app(settings: Settings, store: Store | None = None) -> Starlette:
@@ -42,7 +45,9 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
         if own:
             await db.connect()
         redis = await create_pool(redis_settings(settings, redis_url))
-        hub = Hub(settings, db)
+        m = metrics.Metrics()
+        hub = Hub(settings, db, lag=m.ws_lag_seconds)
+        m.ws_connections.set_function(lambda: hub.subscriber_count)
         templates = fragments.environment()
         await hub.start()
         try:
@@ -51,7 +56,7 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
                 "store": db,
                 "redis": redis,
                 "dispatch": Dispatcher(redis, settings),
-                "metrics": metrics.Metrics(),
+                "metrics": m,
                 "hub": hub,
                 "templates": templates,
                 # The /ws stream adds this HTML to each message for htmx pages.
@@ -63,7 +68,7 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
             if own:
                 await db.disconnect()
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/healthz", healthz),
             Route("/readyz", readyz),
@@ -74,6 +79,7 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
             Mount("/static", StaticFiles(directory=fragments.STATIC_DIR), name="static"),
             *pages.routes,
         ],
+        middleware=[Middleware(metrics.Observe)],
         exception_handlers={
             errors.SettleError: settle_error,
             HTTPException: http_error,
@@ -81,10 +87,16 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
         },
         lifespan=lifespan,
     )
+    # No redirect to the same path with or without a trailing slash: /api/accounts/a%2F (an
+    # id ending in "/", decoded before routing) would be sent on to another id's account.
+    app.router.redirect_slashes = False
+    return app
 
 
 def from_env() -> Starlette:
     """App factory for ``uvicorn --factory`` (each uvicorn worker builds its own)."""
+    # A uvicorn worker process starts afresh: without this its INFO lines would be lost.
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     return create_app(Settings.from_env())
 
 

@@ -66,8 +66,10 @@ def token_digest(token: str) -> str:
 
 async def check_credentials(store: Store, username: str, password: str) -> str:
     """Return the user id for a correct username and password, else raise Unauthorized."""
+    # PostgreSQL text cannot hold NUL, so no username has one (and querying with it fails).
+    name = "" if "\x00" in username else username
     row = await store.fetch_one(
-        sa.select(users.c.id, users.c.password_hash).where(users.c.username == username)
+        sa.select(users.c.id, users.c.password_hash).where(users.c.username == name)
     )
     stored = row["password_hash"] if row is not None else _DUMMY_HASH
     if not verify_password(password, stored) or row is None:

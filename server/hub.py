@@ -21,10 +21,11 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
+from prometheus_client import Histogram
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from server import ledger
+from server import ledger, metrics
 from server.db import Store
 from server.schema import account_events, accounts
 from server.settings import Settings
@@ -124,8 +125,9 @@ def snapshot(row: Any, owner: str) -> Outgoing:
 class Hub:
     """The process's one Redis subscription and the sockets' subscriptions, by account."""
 
-    def __init__(self, settings: Settings, store: Store) -> None:
+    def __init__(self, settings: Settings, store: Store, lag: Histogram | None = None) -> None:
         assert settings.redis_url is not None
+        self.lag = lag
         self.settings = settings
         self.store = store
         self.queue_size = settings.ws_queue_size
@@ -172,10 +174,13 @@ class Hub:
         if not subs:
             return
         try:
-            seq = int(orjson.loads(data)["seq"])
+            message = orjson.loads(data)
+            seq = int(message["seq"])
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             log.warning("ignoring a malformed event on %s", account_id)
             return
+        if self.lag is not None and (age := metrics.event_age_s(message)) is not None:
+            self.lag.observe(max(age, 0.0))
         item = Outgoing(seq, data.decode())
         for sub in list(subs):
             sub.offer(item)

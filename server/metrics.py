@@ -1,33 +1,173 @@
-"""Prometheus metrics. One registry per app instance, so tests can build many apps."""
+"""Prometheus metrics and the one log line per request.
+
+The web app has a registry per app instance (tests build many apps in one process);
+settlement metrics live in one registry per process (``SETTLEMENT``), shown by the app's
+``/metrics`` when the worker runs in the same process (``settle run``) and served on
+``SETTLE_METRICS_PORT`` by a separate ``settle worker``.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+import logging
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from server.schema import transfers
+
+log = logging.getLogger("settle.request")
+settle_log = logging.getLogger("settle.settlement")
+
+# Milliseconds matter here: the product's promise is a window of a few of them.
+LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0, 5.0)
 
 
 class Metrics:
+    """The web process's metrics."""
+
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.accepted = Counter(
-            "settle_transfers_accepted", "Transfers accepted as pending", registry=self.registry
-        )
+        self.registry = r = CollectorRegistry()
+        self.accepted = Counter("settle_transfers_accepted", "Transfers accepted", registry=r)
+        self.cancelled = Counter("settle_transfers_cancelled", "Transfers cancelled", registry=r)
         self.rejections = Counter(
-            "settle_rejections",
-            "Requests refused, by error code",
-            ["code"],
-            registry=self.registry,
+            "settle_rejections", "Requests refused, by error code", ["code"], registry=r
         )
         self.accept_seconds = Histogram(
             "settle_accept_seconds",
             "Time to accept a transfer (request in to 202 out)",
-            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
-            registry=self.registry,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
+        self.ws_lag_seconds = Histogram(
+            "settle_ws_delivery_lag_seconds",
+            "From an event's commit to its hand-over to this process's WebSockets",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ws_connections = Gauge(
+            "settle_websocket_connections", "Open WebSocket subscriptions", registry=r
+        )
+        self.pending = Gauge("settle_transfers_pending", "Transfers pending now", registry=r)
+        self.queue_depth = Gauge(
+            "settle_queue_depth", "Settlement jobs queued in Redis now", registry=r
+        )
+
+
+class SettlementMetrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.settled = Counter(
+            "settle_transfers_settled", "Transfers settled, by outcome", ["outcome"], registry=r
+        )
+        self.window_seconds = Histogram(
+            "settle_consistency_window_seconds",
+            "From acceptance to settlement, measured at settlement",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+
+    def record(self, finished: Sequence[dict[str, Any]]) -> None:
+        """Count and log transfers a settlement just committed (``transfer_of`` dicts)."""
+        for transfer in finished:
+            self.settled.labels(transfer["status"]).inc()
+            window_ms = transfer["settled_in_ms"] or 0.0
+            self.window_seconds.observe(window_ms / 1000)
+            settle_log.info(
+                "settled transfer=%s outcome=%s window_ms=%s",
+                transfer["id"],
+                transfer["status"],
+                window_ms,
+            )
+
+
+SETTLEMENT = SettlementMetrics()
+
+
+def note(request: Request, transfer_id: str, change: str | None = None) -> None:
+    """Name the transfer a request concerns (for its log line), and count what it did:
+    ``"accepted"`` (a new transfer, not a replay) or ``"cancelled"``."""
+    request.state.transfer_id = transfer_id
+    if change == "accepted":
+        request.state.accepted = True
+    elif change == "cancelled":
+        m: Metrics = request.state.metrics
+        m.cancelled.inc()
+
+
+def event_age_s(message: dict[str, Any]) -> float | None:
+    """Seconds since the event's transfer change committed (acceptance or settlement)."""
+    transfer = message.get("transfer") or {}
+    at = transfer.get("settled_at") or transfer.get("created_at")
+    if not isinstance(at, str):
+        return None
+    try:
+        return time.time() - datetime.fromisoformat(at).timestamp()
+    except ValueError:
+        return None
 
 
 async def endpoint(request: Request) -> Response:
     m: Metrics = request.state.metrics
-    return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
+    settings = request.state.settings
+    # Point-in-time gauges, read at scrape; a backing service being down leaves them stale.
+    try:
+        m.pending.set(
+            await request.state.store.fetch_val(
+                sa.select(sa.func.count()).where(transfers.c.status == "pending")
+            )
+        )
+        m.queue_depth.set(await request.state.redis.zcard(settings.queue_name))
+    except Exception as exc:
+        log.warning("metrics gauges not refreshed: %r", exc)
+    body = generate_latest(m.registry) + generate_latest(SETTLEMENT.registry)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+class Observe:
+    """ASGI middleware: one structured log line per HTTP request (never its headers or
+    query string, which may carry credentials), and the acceptance metrics. Handlers
+    name the transfer a request concerns in ``request.state.transfer_id``, and set
+    ``request.state.accepted`` when they accepted a new one."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            elapsed = time.perf_counter() - start
+            state = scope.get("state", {})
+            metrics: Metrics | None = state.get("metrics")
+            if metrics is not None and state.get("accepted"):
+                metrics.accepted.inc()
+                metrics.accept_seconds.observe(elapsed)
+            transfer = state.get("transfer_id")
+            log.info(
+                "request method=%s path=%s status=%d ms=%.1f%s",
+                scope["method"],
+                scope["path"],
+                status,
+                elapsed * 1000,
+                f" transfer={transfer}" if transfer else "",
+            )

@@ -1,4 +1,8 @@
-"""The OpenAPI 3.1 description of the JSON API, served at /openapi.json."""
+"""The OpenAPI 3.1 description of the JSON API, served at /openapi.json.
+
+It is the contract clients build against, so it declares every status an operation can
+answer, error bodies and headers included; tests/test_openapi_fuzz.py holds the running
+server to it."""
 
 from __future__ import annotations
 
@@ -7,10 +11,20 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from server.api import JSONResponse
+from server.api import MAX_BODY, MAX_MEMO, MAX_PAGE, JSONResponse
 
 _money = {"type": "string", "pattern": r"^-?[0-9]+\.[0-9]{2}$", "examples": ["12.34"]}
 _nullable_str = {"type": ["string", "null"]}
+_timestamp = {"type": "string", "format": "date-time"}
+# Text the API stores or looks up: PostgreSQL text cannot hold NUL.
+_NO_NUL = r"^[^\x00]*$"
+# A decimal string as ``server.money.parse_amount`` takes it: more than 0, at most
+# 1000000000.00, at most 2 decimals, and surrounding whitespace (what str.strip removes).
+_SPACE = r"[\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*"
+_AMOUNT = (
+    rf"^{_SPACE}0*(?:[1-9][0-9]{{0,8}}(?:\.[0-9]{{1,2}})?|1000000000(?:\.0{{1,2}})?"
+    rf"|0\.(?:0?[1-9]|[1-9][0-9])){_SPACE}$"
+)
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -21,12 +35,44 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+def _text(max_len: int) -> dict[str, Any]:
+    return {"type": "string", "minLength": 1, "maxLength": max_len, "pattern": _NO_NUL}
+
+
+# What each error status means; the body is always the Error schema.
+_ERRORS = {
+    400: "invalid_json: the body is not a JSON object",
+    401: "unauthorized: no valid bearer token (or wrong credentials)",
+    404: "account_not_found, transfer_not_found (not the caller's, or no such id), not_found",
+    409: "not_pending: the transfer is no longer pending",
+    413: f"payload_too_large: the body is larger than {MAX_BODY // 1024} KiB",
+    422: "invalid_field, invalid_amount, or a rule the request breaks (see the code)",
+    429: "rate_limited: too many transfers, or failed logins; retry after Retry-After seconds",
+    500: "internal_error: the server failed; nothing was lost, retry with the same key",
+    503: "service_unavailable: the database or Redis is briefly unreachable; retry",
+}
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before retrying",
+        "required": True,
+        "schema": {"type": "integer", "minimum": 1},
+    }
+}
+
+
 def _errors(*statuses: int) -> dict[str, Any]:
-    return {str(s): _json(_ref("Error"), "error") for s in statuses}
+    """Error responses; 500 and 503 can come from any operation that touches storage."""
+    responses: dict[str, Any] = {}
+    for status in sorted({*statuses, 500, 503}):
+        responses[str(status)] = _json(_ref("Error"), _ERRORS[status])
+        if status == 429:
+            responses[str(status)]["headers"] = _RETRY_AFTER
+    return responses
 
 
-_account_id = {"name": "account_id", "in": "path", "required": True, "schema": {"type": "string"}}
-_transfer_id = {"name": "transfer_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_id = {"type": "string", "minLength": 1}
+_account_id = {"name": "account_id", "in": "path", "required": True, "schema": _id}
+_transfer_id = {"name": "transfer_id", "in": "path", "required": True, "schema": _id}
 _bearer: list[dict[str, list[str]]] = [{"bearer": []}]
 
 SCHEMA: dict[str, Any] = {
@@ -47,9 +93,12 @@ SCHEMA: dict[str, Any] = {
                         "type": "object",
                         "required": ["code", "message"],
                         "properties": {
-                            "code": {"type": "string"},
+                            "code": {"type": "string", "examples": ["invalid_amount"]},
                             "message": {"type": "string"},
-                            "field": {"type": "string"},
+                            "field": {
+                                "type": "string",
+                                "description": "The request field or header at fault",
+                            },
                         },
                     }
                 },
@@ -110,9 +159,9 @@ SCHEMA: dict[str, Any] = {
                     "memo": {"type": "string"},
                     "status": {"enum": ["pending", "completed", "failed", "cancelled"]},
                     "failure_reason": _nullable_str,
-                    "created_at": {"type": "string"},
-                    "settled_at": _nullable_str,
-                    "settled_in_ms": {"type": ["number", "null"]},
+                    "created_at": _timestamp,
+                    "settled_at": {"type": ["string", "null"], "format": "date-time"},
+                    "settled_in_ms": {"type": ["number", "null"], "minimum": 0},
                 },
             },
             "AcceptedTransfer": {
@@ -129,15 +178,33 @@ SCHEMA: dict[str, Any] = {
                 "type": "object",
                 "required": ["from_account", "to_account", "amount"],
                 "properties": {
-                    "from_account": {"type": "string", "maxLength": 64},
-                    "to_account": {"type": "string", "maxLength": 64},
+                    "from_account": _text(64),
+                    "to_account": _text(64),
                     "amount": {
+                        "description": "More than 0, at most 1000000000.00, at most 2 decimals",
                         "oneOf": [
-                            {"type": "string", "pattern": r"^[0-9]+(\.[0-9]{1,2})?$"},
-                            {"type": "number", "exclusiveMinimum": 0, "maximum": 1000000000},
-                        ]
+                            {"type": "string", "pattern": _AMOUNT},
+                            {
+                                "type": "number",
+                                "exclusiveMinimum": 0,
+                                "maximum": 1000000000,
+                                "multipleOf": 0.01,
+                            },
+                        ],
                     },
-                    "memo": {"type": "string", "maxLength": 500},
+                    "memo": {"type": ["string", "null"], "maxLength": MAX_MEMO, "pattern": _NO_NUL},
+                },
+            },
+            "Readiness": {
+                "type": "object",
+                "required": ["status", "checks"],
+                "properties": {
+                    "status": {"enum": ["ready", "unavailable"]},
+                    "checks": {
+                        "type": "object",
+                        "required": ["database", "redis"],
+                        "additionalProperties": {"type": "string", "examples": ["ok"]},
+                    },
                 },
             },
         },
@@ -153,10 +220,7 @@ SCHEMA: dict[str, Any] = {
                             "schema": {
                                 "type": "object",
                                 "required": ["username", "password"],
-                                "properties": {
-                                    "username": {"type": "string"},
-                                    "password": {"type": "string"},
-                                },
+                                "properties": {"username": _text(64), "password": _text(1024)},
                             }
                         }
                     },
@@ -165,10 +229,10 @@ SCHEMA: dict[str, Any] = {
                     "201": _json(
                         {
                             "type": "object",
-                            "required": ["token"],
+                            "required": ["token", "expires_in"],
                             "properties": {
                                 "token": {"type": "string"},
-                                "expires_in": {"type": "integer"},
+                                "expires_in": {"type": "integer", "minimum": 0},
                             },
                         },
                         "token",
@@ -216,9 +280,14 @@ SCHEMA: dict[str, Any] = {
                     {
                         "name": "limit",
                         "in": "query",
-                        "schema": {"type": "integer", "minimum": 1, "maximum": 200},
+                        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE},
                     },
-                    {"name": "before", "in": "query", "schema": {"type": "string"}},
+                    {
+                        "name": "before",
+                        "in": "query",
+                        "description": "next_before of the previous page",
+                        "schema": _id,
+                    },
                 ],
                 "responses": {
                     "200": _json(
@@ -244,7 +313,13 @@ SCHEMA: dict[str, Any] = {
                     {
                         "name": "Idempotency-Key",
                         "in": "header",
-                        "schema": {"type": "string", "maxLength": 255},
+                        "description": "Retrying with the same key and body never pays twice",
+                        "schema": {
+                            "type": "string",
+                            "maxLength": 255,
+                            # Printable ASCII, no surrounding space (HTTP would strip it).
+                            "pattern": r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$",
+                        },
                     }
                 ],
                 "requestBody": {
@@ -252,7 +327,15 @@ SCHEMA: dict[str, Any] = {
                     "content": {"application/json": {"schema": _ref("NewTransfer")}},
                 },
                 "responses": {
-                    "202": _json(_ref("AcceptedTransfer"), "accepted, pending"),
+                    "202": {
+                        **_json(_ref("AcceptedTransfer"), "accepted, pending"),
+                        "headers": {
+                            "Idempotent-Replayed": {
+                                "description": "Present on the replay of an earlier response",
+                                "schema": {"const": "true"},
+                            }
+                        },
+                    },
                     **_errors(400, 401, 404, 413, 422, 429),
                 },
             }
@@ -277,12 +360,27 @@ SCHEMA: dict[str, Any] = {
             }
         },
         "/healthz": {
-            "get": {"summary": "Liveness", "responses": {"200": {"description": "alive"}}}
+            "get": {
+                "summary": "Liveness",
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["status"],
+                            "properties": {"status": {"const": "ok"}},
+                        },
+                        "alive",
+                    )
+                },
+            }
         },
         "/readyz": {
             "get": {
                 "summary": "Readiness: database and Redis reachable",
-                "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}},
+                "responses": {
+                    "200": _json(_ref("Readiness"), "ready"),
+                    "503": _json(_ref("Readiness"), "not ready"),
+                },
             }
         },
     },

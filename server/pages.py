@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from server import api, auth, errors, fragments, ledger, limits, login, sessions
+from server import api, auth, errors, fragments, ledger, limits, login, metrics, sessions
 from server.dispatch import Dispatcher
 from server.money import parse_amount
 from server.schema import accounts, transfers, users
@@ -125,6 +125,7 @@ def _sent_message(replayed: bool) -> dict[str, str]:
 async def _recipient(request: Request, to: str, currency: str) -> str:
     """An account id from what the sender typed: an account id, or a username."""
     store = request.state.store
+    to = api.lookup_id(to)
     found = await store.fetch_val(
         sa.select(accounts.c.id).where(accounts.c.id == to, accounts.c.kind == "user")
     )
@@ -170,8 +171,10 @@ async def send(request: Request) -> Response:
         return await _form_response(request, session, form, exc.status)
     if result.replayed:
         transfer_id = orjson.loads(result.response)["id"]
+        metrics.note(request, transfer_id)
     else:
         transfer_id = result.transfer["id"]
+        metrics.note(request, transfer_id, "accepted")
         await dispatch.after_commit(result.events, settle=[transfer_id])
     if not fragments.is_htmx(request):
         query = f"?sent={quote(transfer_id)}" + ("&replayed=1" if result.replayed else "")
@@ -242,8 +245,9 @@ async def cancel(request: Request) -> Response:
     session = await sessions.require(request)
     sessions.check_csrf(request, session.csrf_token, await request.form())
     transfer, events = await ledger.cancel_transfer(
-        request.state.store, session.user_id, request.path_params["transfer_id"]
+        request.state.store, session.user_id, api.lookup_id(request.path_params["transfer_id"])
     )
+    metrics.note(request, transfer["id"], "cancelled")
     dispatch: Dispatcher = request.state.dispatch
     await dispatch.after_commit(events)
     if not fragments.is_htmx(request):

@@ -41,6 +41,8 @@ class Settings:
     token_ttl_s: int = 30 * 24 * 3600
     # Transfers accepted per user per second (API and pages together); 0: no limit.
     transfer_rate: int = 100
+    # ``settle worker`` serves its settlement metrics on this port (HOST); 0: not served.
+    metrics_port: int = 0
     # Fault injection for the crash and chaos tests (see server/faults.py).
     crash_point: str = ""
 
@@ -81,6 +83,7 @@ class Settings:
             ws_queue_size=max(_int(env, "SETTLE_WS_QUEUE_SIZE", 1000), 1),
             ws_ping_s=max(_int(env, "SETTLE_WS_PING_S", 15), 1),
             transfer_rate=_int(env, "SETTLE_TRANSFER_RATE", 100),
+            metrics_port=_int(env, "SETTLE_METRICS_PORT", 0),
             crash_point=env.get("SETTLE_CRASH_POINT", ""),
         )
 

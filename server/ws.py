@@ -52,7 +52,7 @@ def parse_query(websocket: WebSocket) -> tuple[str, int | None]:
     raw = websocket.query_params.get("since")
     if raw is None or raw == "":
         return account, None
-    if not raw.isdigit() or len(raw) > 18:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
         raise BadQuery("since must be a whole number >= 0")
     return account, int(raw)
 

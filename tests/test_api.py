@@ -3,16 +3,18 @@ sees or moves what is not theirs."""
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from server import ledger, sessions
 from server.db import Store
 from server.settings import Settings
 from tests.conftest import Customer, Stack
-from tests.test_live import server_stack
+from tests.test_live import recv, seq_of, server_stack, subscribe
 
 
 async def snapshot(stack: Stack) -> list[Any]:
@@ -287,6 +289,52 @@ async def test_health_readiness_schema_and_metrics(stack: Stack) -> None:
     assert "/api/transfers" in schema["paths"] and schema["openapi"].startswith("3.")
     metrics = await stack.client.get("/metrics")
     assert metrics.status_code == 200 and "settle_rejections" in metrics.text
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """One sample's value from a /metrics page (0 when it is not there yet)."""
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return float(s.value)
+    return 0.0
+
+
+async def test_metrics_and_one_log_line_per_request_and_settlement(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    alice, bob = await stack.customer("10.00"), await stack.customer("0")
+    before = (await stack.client.get("/metrics")).text
+    caplog.set_level(logging.INFO)
+    async with subscribe(stack.base_url, alice, await seq_of(stack, alice)) as ws:
+        r = await stack.transfer(alice, bob.account, "1.00", key="metrics-1")
+        tid = r.json()["id"]
+        assert (await recv(ws))["type"] == "transfer.pending"
+        # A replay is no new acceptance.
+        await stack.transfer(alice, bob.account, "1.00", key="metrics-1")
+        live = (await stack.client.get("/metrics")).text
+        assert sample(live, "settle_websocket_connections") == 1
+    assert sample(live, "settle_transfers_accepted_total") == 1
+    assert sample(live, "settle_accept_seconds_count") == 1
+    assert sample(live, "settle_transfers_pending") == 1
+    assert sample(live, "settle_queue_depth") == 1
+    assert sample(live, "settle_ws_delivery_lag_seconds_count") >= 1
+    await stack.settle_all()
+    after = (await stack.client.get("/metrics")).text
+    for name, labels in [
+        ("settle_transfers_settled_total", {"outcome": "completed"}),
+        ("settle_consistency_window_seconds_count", {}),
+    ]:
+        assert sample(after, name, **labels) - sample(before, name, **labels) == 1, name
+    assert sample(after, "settle_transfers_pending") == 0
+
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(
+        "method=POST path=/api/transfers status=202" in line and f"transfer={tid}" in line
+        for line in lines
+    ), lines
+    assert any(f"settled transfer={tid} outcome=completed" in line for line in lines), lines
+    assert not any(alice.token in line for line in lines), "tokens are never logged"
 
 
 async def test_too_many_transfers_per_second_are_429_with_retry_after_and_change_nothing(

@@ -106,6 +106,7 @@ async def test_subscriber_on_one_web_process_sees_a_transfer_accepted_on_another
         ("no account", 4400),
         ("negative since", 4400),
         ("since not a number", 4400),
+        ("since a superscript digit", 4400),
     ],
 )
 async def test_subscription_is_refused_with_a_close_code(
@@ -125,6 +126,8 @@ async def test_subscription_is_refused_with_a_close_code(
         account = ""
     elif case == "negative since":
         since = "&since=-1"
+    elif case == "since a superscript digit":
+        since = "&since=%C2%B2"  # "²": str.isdigit() says yes, int() says no
     else:
         since = "&since=1.5"
     url = ws_url(stack.base_url, account) + since

@@ -77,6 +77,14 @@ async def test_wrong_password_and_unknown_user_get_the_same_generic_message(
         assert sessions.COOKIE not in r.headers.get("set-cookie", "")
 
 
+async def test_a_username_with_nul_is_just_wrong(stack: Stack) -> None:
+    """PostgreSQL text cannot hold NUL; such a username must be a 401, not a 500."""
+    alice = await stack.customer()
+    async with browser(stack) as client:
+        r = await attempt(client, alice.username + "\x00", "pw-" + alice.username)
+        assert r.status_code == 401 and "Wrong username or password." in r.text
+
+
 async def test_login_is_rate_limited_after_repeated_failures(stack: Stack) -> None:
     alice = await stack.customer()
     async with browser(stack) as client:
