@@ -4,13 +4,20 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test chaos lint fmt clean bench-live bench-settle
+.PHONY: install run test lint fmt clean bench bench-quick bench-live bench-settle
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "settle needs Python 3.11+"'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $(STAMP)
+
+# The benchmarks' extras (matplotlib, py-spy) stay out of `make test`.
+BENCH_STAMP := $(VENV)/.installed-bench
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,bench]'
+	touch $(BENCH_STAMP)
 
 install: $(STAMP)
 
@@ -56,14 +63,23 @@ fmt: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# Every performance figure against its target and the ceiling of a minimal endpoint; starts
+# its own redis, web and worker. Writes bench/results/latest.{json,md}, latency-cdf.png.
+bench: $(BENCH_STAMP)
+	ulimit -n 20000 2>/dev/null || true; $(BIN)/python -u -m bench.run
+
+# The same at a smaller scale, in under a minute (writes quick.{json,md}, quick-latency-cdf.png).
+bench-quick: $(BENCH_STAMP)
+	ulimit -n 20000 2>/dev/null || true; $(BIN)/python -u -m bench.run --quick
+
 # WebSocket latency under load: starts its own redis, web and worker (about 20 s).
 bench-live: install
-	ulimit -n 20000 2>/dev/null || true; $(BIN)/python -u bench/live.py
+	ulimit -n 20000 2>/dev/null || true; $(BIN)/python -u -m bench.live
 
 # Settled transfers/s with 1 and 2 workers, SQLite and (if reachable) PostgreSQL: 20,000
 # queued transfers each; own databases and bundled redis, all removed after (minutes).
 bench-settle: install
-	$(BIN)/python -u bench/settle_throughput.py --pg "$(PG_URL)"
+	$(BIN)/python -u -m bench.settle_throughput --pg "$(PG_URL)"
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

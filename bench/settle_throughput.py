@@ -12,7 +12,7 @@ settled_at, i.e. without process start-up. The sweeper is pushed out of the way
 Redis is the bundled redis-server in a temporary directory; the PostgreSQL databases are
 our own, created and dropped.
 
-    python bench/settle_throughput.py [--transfers 20000] [--accounts 100] [--workers 1 2]
+    python -m bench.settle_throughput [--transfers 20000] [--accounts 100] [--workers 1 2]
         [--pg postgresql://postgres@127.0.0.1:5432/postgres | --no-pg]
 """
 
@@ -20,28 +20,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import os
 import random
 import sqlite3
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import IO
 
 import sqlalchemy as sa
 from arq import create_pool
 
+from bench.stack import connected, pending, redis_server, start, stop
 from server import auth, ledger
 from server.audit import audit
-from server.db import Store, create_schema
+from server.db import create_schema
 from server.dispatch import Dispatcher
-from server.redisbox import redis_settings, start_redis_server, stop_redis_server
+from server.redisbox import redis_settings
 from server.schema import transfers
 from server.settings import Settings
 
@@ -67,23 +63,6 @@ class Case:
     workers: int
 
 
-def start_workers(
-    n: int, env: dict[str, str], log_path: Path
-) -> tuple[list[subprocess.Popen[bytes]], IO[bytes]]:
-    log = open(log_path, "ab")
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "worker"],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        for _ in range(n)
-    ]
-    return procs, log
-
-
 def settings_for(url: str, redis_url: str, var: Path) -> Settings:
     return Settings(
         database_url=url,
@@ -93,16 +72,6 @@ def settings_for(url: str, redis_url: str, var: Path) -> Settings:
         redis_prefix=f"bench{uuid.uuid4().hex[:10]}",
         sweep_after_ms=3_600_000,
     )
-
-
-@contextlib.asynccontextmanager
-async def connected(settings: Settings) -> AsyncIterator[Store]:
-    store = Store(settings)
-    await store.connect()
-    try:
-        yield store
-    finally:
-        await store.disconnect()
 
 
 async def seed(settings: Settings, n: int, accounts: int) -> None:
@@ -125,11 +94,6 @@ async def seed(settings: Settings, n: int, accounts: int) -> None:
                 await ledger.accept_transfer(store, src[0], src[1], dst[1], rng.randint(1, 100))
 
         await asyncio.gather(*(accept(src, dst) for src, dst in pairs))
-
-
-async def pending(store: Store) -> int:
-    count = await store.fetch_val(sa.select(sa.func.count()).where(transfers.c.status == "pending"))
-    return int(count)
 
 
 async def run(settings: Settings, case: Case, give_up_s: float, log_dir: Path) -> Row:
@@ -160,26 +124,19 @@ async def run(settings: Settings, case: Case, give_up_s: float, log_dir: Path) -
             "SETTLE_SWEEP_AFTER_MS": str(settings.sweep_after_ms),
             "SETTLE_BATCH_SIZE": str(case.batch),
         }
+        log = log_dir / f"{label}-workers.log"
         started = time.perf_counter()
-        procs, log = start_workers(case.workers, env, log_dir / f"{label}-workers.log")
+        procs = [start("server.cli", "worker", env=env, log=log) for _ in range(case.workers)]
         try:
             left = await pending(store)
             while left and time.perf_counter() - started < give_up_s:
                 if any(p.poll() is not None for p in procs):
-                    raise RuntimeError(f"a worker exited; see {log.name}")
+                    raise RuntimeError(f"a worker exited; see {log}")
                 await asyncio.sleep(0.05)
                 left = await pending(store)
             seconds = time.perf_counter() - started
         finally:
-            for p in procs:
-                p.terminate()
-            for p in procs:
-                try:
-                    p.wait(30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
-            log.close()
+            stop(procs)
         first, last = (
             await store.fetch_one(
                 sa.select(
@@ -302,20 +259,18 @@ async def main() -> None:
     parser.add_argument("--pg", default=default_pg, help="a PostgreSQL server URL")
     parser.add_argument("--no-pg", action="store_true", help="SQLite only")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="settle-bench-") as name:
+    with (
+        tempfile.TemporaryDirectory(prefix="settle-bench-") as name,
+        redis_server(Path(name)) as redis_url,
+    ):
         tmp = Path(name)
-        proc = start_redis_server(tmp, tmp / "redis.sock", appendonly=False)
-        redis_url = f"unix://{tmp / 'redis.sock'}"
-        try:
-            rows = await sqlite_rows(tmp, redis_url, args)
-            if args.no_pg:
-                pass
-            elif await reachable(args.pg):
-                rows += await postgres_rows(tmp, redis_url, args)
-            else:
-                print(f"no PostgreSQL reachable at {args.pg}: PostgreSQL part skipped")
-        finally:
-            stop_redis_server(proc)
+        rows = await sqlite_rows(tmp, redis_url, args)
+        if args.no_pg:
+            pass
+        elif await reachable(args.pg):
+            rows += await postgres_rows(tmp, redis_url, args)
+        else:
+            print(f"no PostgreSQL reachable at {args.pg}: PostgreSQL part skipped")
     print()
     print(table(rows))
 

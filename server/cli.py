@@ -6,12 +6,13 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from typing import TYPE_CHECKING, Any
 
 from server import auth, errors, ledger
 from server.audit import audit
@@ -19,6 +20,9 @@ from server.db import Store, create_schema
 from server.money import parse_amount
 from server.redisbox import bundled_redis
 from server.settings import ConfigError, Settings
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
 
 DEMO_PASSWORD = "settle-demo"  # noqa: S105 (printed to the user on purpose)
 DEMO_USERS = (("alice", "1000.00"), ("bob", "500.00"), ("carol", "250.00"))
@@ -107,26 +111,69 @@ def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_web(settings: Settings, args: argparse.Namespace) -> int:
-    import uvicorn
-
     with resolved(settings) as s:
         asyncio.run(with_store(s, lambda store: asyncio.sleep(0)))
-        uvicorn.run(
-            "server.app:from_env",
-            factory=True,
-            host=s.host,
-            port=s.port,
-            workers=args.workers,
-            proxy_headers=True,
-            log_level="info",
-            access_log=False,
-        )
+        serve("server.cli:web_app", s, args.workers)
     return 0
+
+
+def web_app() -> Starlette:
+    """``settle web``'s app factory, called by uvicorn in each of its worker processes."""
+    from server.app import from_env
+
+    app = from_env()
+    freeze_heap()
+    return app
+
+
+def freeze_heap() -> None:
+    """Put everything loaded so far (libraries, the app) out of the garbage collector's
+    reach. Otherwise each full collection walks those ~90,000 long-lived objects and
+    stalls the event loop for tens of milliseconds: at 200 requests/s, that pause alone
+    sets the p99 latency."""
+    gc.collect()
+    gc.freeze()
+
+
+def serve(factory: str, settings: Settings, workers: int) -> None:
+    """Serve an ASGI app factory ("module:function") with uvicorn, as ``settle web`` does.
+
+    The benchmark serves its minimal "ceiling" app through here too, so that the two are
+    compared on exactly the same server settings.
+    """
+    import uvicorn
+
+    uvicorn.run(
+        factory,
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=workers,
+        proxy_headers=True,
+        log_level="info",
+        access_log=False,
+        # permessage-deflate keeps two zlib streams per socket (~35 KB, most of an idle
+        # socket's memory); events are small JSON, so memory wins over bandwidth here.
+        ws_per_message_deflate=False,
+    )
+
+
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run a long-lived process on uvloop, as uvicorn runs the web server, when it is
+    installed (uvicorn[standard] brings it): a settlement job, mostly Redis round trips,
+    costs the worker ~10% less CPU than on asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main)
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     with resolved(settings) as s:
-        asyncio.run(_work(s))
+        run_loop(_work(s))
     return 0
 
 
@@ -140,6 +187,13 @@ async def _work(settings: Settings) -> None:
 
     store = Store(settings)
     await store.connect()
+    if settings.metrics_port:
+        from prometheus_client import start_http_server
+
+        from server.metrics import SETTLEMENT
+
+        start_http_server(settings.metrics_port, settings.host, registry=SETTLEMENT.registry)
+    freeze_heap()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -152,7 +206,7 @@ async def _work(settings: Settings) -> None:
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     with resolved(settings) as s:
-        asyncio.run(_run_all(s))
+        run_loop(_run_all(s))
     return 0
 
 
@@ -177,9 +231,15 @@ async def _run_all(settings: Settings) -> None:
     app = create_app(settings, store=store)
     server = uvicorn.Server(
         uvicorn.Config(
-            app, host=settings.host, port=settings.port, log_level="info", access_log=False
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_level="info",
+            access_log=False,
+            ws_per_message_deflate=False,
         )
     )
+    freeze_heap()
     stop = asyncio.Event()
     worker = asyncio.create_task(run_worker(settings, store, stop))
     try:
@@ -239,7 +299,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``settle`` console script."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from server.app import LOG_FORMAT
+
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     args = parser().parse_args(argv)
     try:
         settings = Settings.from_env()

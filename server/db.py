@@ -10,7 +10,9 @@ Two backends behind one small interface (``Conn``):
   IMMEDIATE, so it takes the file's write lock up front instead of failing with
   "database is locked" mid-transaction. When another process holds the lock, BEGIN fails
   at once (busy timeout 0) and we retry with ``await asyncio.sleep``, so waiting never
-  blocks the event loop.
+  blocks the event loop. Writes share transactions (group commit): those that queue up
+  while one COMMIT fsyncs run next, one after another, each in its own SAVEPOINT, and
+  one COMMIT makes them all durable before any of them returns.
 - PostgreSQL runs on ``databases`` + asyncpg (a pool). Under READ COMMITTED correctness
   comes from atomic conditional updates and row locks taken in a fixed order (ledger.py).
 """
@@ -18,6 +20,7 @@ Two backends behind one small interface (``Conn``):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 import time
@@ -37,6 +40,10 @@ from server import migrate
 from server.settings import Settings
 
 LOCK_WAIT_S = 30.0
+# While another process holds SQLite's write lock, BEGIN is retried after 0.2 ms, then
+# twice as long each time up to this: a retry costs ~20 µs, and a longer pause is time
+# the lock may already have been free (the worker's transactions last 1-2 ms).
+BEGIN_RETRY_MAX_S = 0.001
 CLOSE_WAIT_S = 5.0
 
 log = logging.getLogger("settle.db")
@@ -221,6 +228,27 @@ def _sqlite_engine(url: str) -> sa.Engine:
     return engine
 
 
+class _Batch:
+    """The writes that share one SQLite transaction, and so one COMMIT (group commit)."""
+
+    def __init__(self) -> None:
+        self.committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Retrieved here, so that a failure nobody waits for is not logged as unhandled.
+        self.committed.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self.broken = False  # rolled back under its writes: it must not commit
+
+    def settle(self, commit: asyncio.Future[Any]) -> None:
+        """Resolve ``committed`` from the outcome of the COMMIT statement."""
+        if self.committed.done():
+            return
+        if commit.cancelled():
+            self.committed.cancel()
+        elif (exc := commit.exception()) is not None:
+            self.committed.set_exception(exc)
+        else:
+            self.committed.set_result(None)
+
+
 class Store:
     """The database, plus the write-transaction discipline each backend needs."""
 
@@ -228,6 +256,9 @@ class Store:
         self.url = settings.database_url
         self.is_sqlite = settings.is_sqlite
         self._write_lock = asyncio.Lock()
+        # SQLite: the open transaction that writes join, and the tasks committing them.
+        self._batch: _Batch | None = None
+        self._committers: set[asyncio.Task[None]] = set()
         self._writer: SqliteConn | None = None
         self._reader: SqliteConn | None = None
         if self.is_sqlite:
@@ -264,6 +295,8 @@ class Store:
                 if pool is not None:
                     pool.terminate()
             return
+        # Writes that have ended are committed before the connection closes.
+        await asyncio.gather(*self._committers, return_exceptions=True)
         for conn in (self._writer, self._reader):
             if conn is not None:
                 conn.conn.close()
@@ -285,24 +318,108 @@ class Store:
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[Conn]:
-        """One write transaction: committed when the block ends, rolled back on error."""
+        """One write: durably committed when the block ends, rolled back on error.
+
+        On SQLite the block runs alone (the process's write lock), inside a SAVEPOINT of
+        a transaction it may share with the writes queued with it; it returns once that
+        transaction has committed, so an acknowledged write is on disk, and one that
+        failed has seen only committed work of others (see the module docstring).
+        """
         if not self.is_sqlite:
             async with self.db.connection() as conn, conn.transaction():
                 yield PgConn(conn)
             return
+        writer = self._writer
+        assert writer is not None, "Store.connect() was not called"
+        failure: BaseException | None = None
         async with self._write_lock:
-            writer = self._writer
-            assert writer is not None, "Store.connect() was not called"
-            await _begin_immediate(writer.conn)
+            batch = await self._join(writer)
+            writer.conn.exec_driver_sql("SAVEPOINT write")
             try:
                 yield writer
-            except BaseException:
-                writer.conn.exec_driver_sql("ROLLBACK")
+                writer.conn.exec_driver_sql("RELEASE write")
+            except BaseException as exc:
+                failure = exc
+                self._undo(writer, batch)
+        if isinstance(failure, GeneratorExit):
+            raise failure
+        try:
+            await asyncio.shield(batch.committed)
+        except Exception:
+            if failure is None:
                 raise
-            # COMMIT fsyncs (synchronous=FULL): do it off the event loop so that reads and
-            # other requests go on meanwhile. The write lock is still held, so nothing
-            # else touches this connection.
-            await asyncio.to_thread(writer.conn.exec_driver_sql, "COMMIT")
+        if failure is not None:
+            raise failure
+
+    async def _join(self, writer: SqliteConn) -> _Batch:
+        """The open transaction, or a new one (BEGIN IMMEDIATE) with its committer, which
+        queues for the write lock behind the writes already waiting: they join it."""
+        if self._batch is None:
+            await _begin_immediate(writer.conn)
+            self._batch = _Batch()
+            committer = asyncio.create_task(self._commit(self._batch))
+            self._committers.add(committer)
+            committer.add_done_callback(self._committers.discard)
+        return self._batch
+
+    def _undo(self, writer: SqliteConn, batch: _Batch) -> None:
+        """Roll one failed write back to its savepoint. On the errors after which SQLite
+        has rolled the whole transaction back (disk full, I/O), the batch fails."""
+        raw = writer.conn.connection.driver_connection
+        with contextlib.suppress(sa.exc.DBAPIError):
+            if raw is not None and raw.in_transaction:
+                writer.conn.exec_driver_sql("ROLLBACK TO write")
+                writer.conn.exec_driver_sql("RELEASE write")
+                return
+        batch.broken = True
+        if self._batch is batch:
+            self._batch = None
+        with contextlib.suppress(sa.exc.DBAPIError):
+            writer.conn.exec_driver_sql("ROLLBACK")
+
+    async def _commit(self, batch: _Batch) -> None:
+        async with self._write_lock:
+            await self._end(batch)
+
+    async def _end(self, batch: _Batch) -> None:
+        """COMMIT ``batch`` (the write lock held) and tell its writes how it went."""
+        if self._batch is batch:
+            self._batch = None
+        if batch.committed.done():
+            return
+        if batch.broken:
+            message = "the transaction was rolled back: retry"
+            batch.committed.set_exception(sqlite3.OperationalError(message))
+            return
+        writer = self._writer
+        assert writer is not None
+        # COMMIT fsyncs (synchronous=FULL): off the event loop, so that reads and other
+        # requests go on meanwhile. Even if this task is cancelled, the lock is held until
+        # COMMIT is over: nothing else may touch the connection before.
+        commit = asyncio.ensure_future(asyncio.to_thread(writer.conn.exec_driver_sql, "COMMIT"))
+        commit.add_done_callback(batch.settle)  # how the writes learn the outcome
+        cancelled = False
+        while not commit.done():
+            try:
+                await asyncio.shield(commit)
+            except asyncio.CancelledError:
+                cancelled = True
+            except Exception:
+                break
+        raw = writer.conn.connection.driver_connection
+        if raw is not None and raw.in_transaction:  # COMMIT failed: end it for the next
+            with contextlib.suppress(sa.exc.DBAPIError):
+                writer.conn.exec_driver_sql("ROLLBACK")
+        if cancelled:
+            raise asyncio.CancelledError
+
+    @asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        """The write lock, with no transaction of ours open (for schema migrations)."""
+        async with self._write_lock:
+            if self._batch is not None:
+                await self._end(self._batch)
+            yield
 
     def insert(self, table: sa.Table) -> sqlite_dialect.Insert | postgresql.Insert:
         """A dialect-specific INSERT, which offers ``on_conflict_do_nothing``."""
@@ -332,7 +449,7 @@ async def _begin_immediate(conn: sa.Connection) -> None:
             if time.monotonic() > deadline:
                 raise
         await asyncio.sleep(pause)
-        pause = min(pause * 2, 0.005)
+        pause = min(pause * 2, BEGIN_RETRY_MAX_S)
 
 
 def unavailable(exc: BaseException) -> bool:
@@ -369,5 +486,5 @@ async def create_schema(store: Store) -> None:
     Concurrent callers are safe: each migration runs in a transaction, and on SQLite our
     write lock keeps this process's own writers out meanwhile.
     """
-    async with store._write_lock:
+    async with store.exclusive():
         await asyncio.to_thread(migrate.upgrade, store.url)

@@ -149,7 +149,10 @@ async def _send_loop(
             await websocket.send_text(render(item))
         while True:
             try:
-                batch = await asyncio.wait_for(sub.next(), ping_s)
+                # A timeout scope rather than wait_for: no extra task and loop step per
+                # message, which adds up when one event wakes a thousand sockets at once.
+                async with asyncio.timeout(ping_s):
+                    batch = await sub.next()
             except TimeoutError:
                 await websocket.send_text(PING)
                 # A publish lost without a later event to reveal the gap shows up here.

@@ -1,0 +1,273 @@
+"""A benchmark run's figures: each against its target, as a ratio to the ceiling, next to
+the Django + Celery reference; rendered as a Markdown table and a latency CDF plot."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+# Given, not measured here: Django + gunicorn (4 sync workers) + Celery (prefork 2) +
+# Redis + SQLite in WAL mode, the client polling every 50 ms, on a 2-core machine.
+REFERENCE = {
+    "acceptance_rate": "~190/s",
+    "acceptance_p99": "~250 ms",
+    "completed_p50": "64 ms",
+    "completed_p99": "70 ms",
+    "settlement_rate": "~380/s",
+}
+MAX_DROP = 0.20
+
+
+@dataclasses.dataclass
+class Figure:
+    key: str
+    name: str
+    target: str
+    value: float
+    unit: str  # "/s", "ms" or "B"
+    ok: bool | None  # None: no target of its own
+    ratio: float | None = None  # to the ceiling
+    note: str = ""
+
+    @property
+    def reference(self) -> str:
+        return REFERENCE.get(self.key, "—")
+
+
+def _fmt(value: float, unit: str) -> str:
+    if unit == "/s":
+        return f"{value:,.0f}/s"
+    if unit == "B":
+        return f"{value / 1000:,.1f} KB"
+    return f"{value:,.1f} ms" if value < 100 else f"{value:,.0f} ms"
+
+
+# A target: ("≥", limit) or ("<", limit), in the figure's unit; None: no target of its own.
+Target = tuple[str, float] | None
+
+
+def _target_text(target: Target, unit: str) -> str:
+    if target is None:
+        return "—"
+    op, limit = target
+    if unit == "B":
+        return f"{op} {limit / 1000:g} KB"
+    return f"{op} {limit:,g}/s" if unit == "/s" else f"{op} {limit:g} ms"
+
+
+def _met(target: Target, value: float) -> bool | None:
+    if target is None:
+        return None
+    op, limit = target
+    return value >= limit if op == "≥" else value < limit
+
+
+def figures(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every figure of the run, as JSON-ready dicts."""
+    ceiling, settle = results["ceiling"], results["settle"]
+    c200 = ceiling["at_rate"]
+    rate, clients = results["plan"]["rate"], results["plan"]["clients"]
+    acc, live, fan = settle["acceptance"], settle["live"], settle["fanout"]
+    idle = settle["idle"]["bytes_per_connection"]
+    at = f"at subscriber {{}}, {rate}/s"
+    # key, name, value, unit, target, the ceiling's figure it is divided by
+    rows: list[tuple[str, str, float, str, Target, float]] = [
+        (
+            "acceptance_rate",
+            f"Transfers accepted, {clients} clients",
+            acc["rate"],
+            "/s",
+            ("≥", 1000),
+            ceiling["closed"]["rate"],
+        ),
+        (
+            "acceptance_p99",
+            f"Acceptance latency p99, {clients} clients",
+            acc["p99"],
+            "ms",
+            ("<", 50),
+            ceiling["closed"]["p99"],
+        ),
+    ]
+    for kind, p, target in (
+        ("completed", "p50", ("<", 5)),
+        ("completed", "p99", ("<", 20)),
+        ("pending", "p99", ("<", 10)),
+        ("pending", "p50", None),
+    ):
+        name = f"POST → `transfer.{kind}` " + at.format(p)
+        rows.append((f"{kind}_{p}", name, live[kind][p], "ms", target, c200[p]))
+    rows += [
+        (
+            "settlement_rate",
+            f"Settled by one worker, {settle['settlement']['transfers']:,} queued",
+            settle["settlement"]["rate"],
+            "/s",
+            ("≥", 5000),
+            ceiling["closed"]["rate"],
+        ),
+        (
+            "idle_socket_memory",
+            f"Web process memory per idle WebSocket, {settle['idle']['connections']:,} open",
+            idle,
+            "B",
+            ("<", 50_000),
+            ceiling["idle"]["bytes_per_connection"],
+        ),
+        (
+            "fanout_p99",
+            f"One event to {fan['subscribers']:,} subscribers, p99",
+            fan["p99"],
+            "ms",
+            ("<", 100),
+            c200["p99"],
+        ),
+    ]
+    out = [
+        Figure(key, name, _target_text(t, unit), value, unit, _met(t, value), value / base)
+        for key, name, value, unit, t, base in rows
+    ]
+    if "large" in results:
+        out += _large(results["large"], settle, ceiling["closed"]["rate"], c200)
+    return [{**dataclasses.asdict(f), "reference": f.reference} for f in out]
+
+
+def _large(
+    large: dict[str, Any], settle: dict[str, Any], c_rate: float, c200: dict[str, float]
+) -> list[Figure]:
+    entries = f"{large['ledger_entries']:,} entries"
+    out = []
+    for key, name, target in (
+        ("acceptance", "Transfers accepted, 16 clients", "≥ 1,000/s"),
+        ("settlement", "Settled by one worker", "≥ 5,000/s"),
+    ):
+        value, base = large[key]["rate"], settle[key]["rate"]
+        change = value / base - 1
+        out.append(
+            Figure(
+                f"large_{key}_rate",
+                f"{name}, {entries}",
+                f"falls < 20% (and {target})",
+                value,
+                "/s",
+                change > -MAX_DROP,
+                value / c_rate,
+                f"{change:+.0%} vs. empty database",
+            )
+        )
+    pages: list[tuple[str, str, Target]] = [
+        ("pages", "a typical account", ("<", 50)),
+        ("pages_merchant", f"the merchant ({large['merchant_transfers']:,} transfers)", None),
+    ]
+    for key, who, limit in pages:
+        page = large[key]
+        out.append(
+            Figure(
+                f"large_{key}_p99",
+                f"Account page (HTML) p99, {who}, {entries}",
+                _target_text(limit, "ms"),
+                page["page"]["p99"],
+                "ms",
+                _met(limit, page["page"]["p99"]),
+                page["page"]["p99"] / c200["p99"],
+                f"JSON account p99 {page['api_account']['p99']:.1f} ms,"
+                f" history p99 {page['api_history']['p99']:.1f} ms",
+            )
+        )
+    return out
+
+
+def _verdict(ok: bool | None) -> str:
+    return "" if ok is None else ("met" if ok else "**missed**")
+
+
+def markdown(results: dict[str, Any]) -> str:
+    m, plan, ceiling = results["machine"], results["plan"], results["ceiling"]
+    lines = [
+        f"### {plan['name']} run, {results['started']}",
+        "",
+        f"{m['cpus']} CPUs ({m['cpu']}), Python {m['python']}, commit {m['commit']}"
+        + (" (with uncommitted changes)" if m["uncommitted_changes"] else "")
+        + f"; load average {m['loadavg_start']:.2f} at the start, {m['loadavg_end']:.2f}"
+        f" at the end; wall time {results['wall_s']:.0f} s.",
+        "",
+        "| figure | target | settle | vs. ceiling | Django + Celery (reference) | |",
+        "|---|---|---|---|---|---|",
+    ]
+    for f in results["figures"]:
+        value = _fmt(f["value"], f["unit"])
+        if f["note"]:
+            value += f" ({f['note']})"
+        ratio = "" if f["ratio"] is None else f"{f['ratio']:.2f}x"
+        lines.append(
+            f"| {f['name']} | {f['target']} | {value} | {ratio} | {f['reference']}"
+            f" | {_verdict(f['ok'])} |"
+        )
+    closed, at_rate = ceiling["closed"], ceiling["at_rate"]
+    lines += [
+        "",
+        f"Ceiling (`bench/ceiling.py`, served like `settle web`): {closed['rate']:,.0f} req/s"
+        f" at {plan['clients']} clients (p50 {closed['p50']:.1f} / p99 {closed['p99']:.1f} ms);"
+        f" at {plan['rate']}/s p50 {at_rate['p50']:.2f} / p99 {at_rate['p99']:.2f} ms;"
+        f" {ceiling['idle']['bytes_per_connection'] / 1000:.1f} KB per idle WebSocket."
+        " Throughputs are shown as a fraction of the ceiling's requests/s, latencies as a"
+        " multiple of its latency at the same percentile (16 clients for acceptance,"
+        f" {plan['rate']}/s otherwise), memory as a multiple of its per-socket memory.",
+    ]
+    settle = results["settle"]
+    extra = [
+        f"202 at {plan['rate']}/s: p50 {settle['live']['accepted']['p50']:.1f} /"
+        f" p99 {settle['live']['accepted']['p99']:.1f} ms",
+        f"acceptance left {settle['acceptance']['pending_after']:,} pending, settled"
+        f" {settle['acceptance']['drain_s']:.1f} s later",
+        f"account page on the empty database p99 {settle['pages']['page']['p99']:.1f} ms",
+        f"audit after the run: {'ok' if settle['audit']['ok'] else 'FAILED'}",
+    ]
+    if "large" in results:
+        large = results["large"]
+        extra.append(
+            f"large database: {large['transfers']:,} transfers,"
+            f" {large['ledger_entries']:,} ledger entries, {large['account_events']:,} events,"
+            f" seeded in {large['seed_s']:.0f} s; `settle audit` on it:"
+            f" {'ok' if large['audit_seeded']['ok'] else 'FAILED'}"
+            f" ({large['audit_seeded']['seconds']:.0f} s)"
+        )
+    lines += ["", "Also: " + "; ".join(extra) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(samples: dict[str, Any], results: dict[str, Any], path: Path) -> None:
+    """CDF of the 200/s latencies: the ceiling's answer, settle's 202, pending, completed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rate = results["plan"]["rate"]
+    series = [
+        ("ceiling: minimal endpoint answers", samples["ceiling"]["at_rate"], "0.6"),
+        ("settle: 202 response", samples["settle"]["accepted"], "tab:blue"),
+        ("settle: transfer.pending at subscriber", samples["settle"]["pending"], "tab:orange"),
+        ("settle: transfer.completed at subscriber", samples["settle"]["completed"], "tab:green"),
+    ]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for label, ms, color in series:
+        xs = sorted(ms)
+        ax.plot(xs, [(i + 1) / len(xs) for i in range(len(xs))], label=label, color=color)
+    for x, label in ((10, "pending p99 target"), (20, "completed p99 target")):
+        ax.axvline(x, color="0.3", linestyle=":", linewidth=1)
+        ax.text(x, 0.97, f" {label}", rotation=90, fontsize=7, va="top")
+    ax.axhline(0.99, color="0.8", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("milliseconds from POST start (log scale)")
+    ax.set_ylabel("fraction of transfers")
+    ax.set_title(
+        f"settle at {rate} transfers/s offered ({results['plan']['name']} run,"
+        f" {results['started'][:10]})"
+    )
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

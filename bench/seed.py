@@ -1,0 +1,205 @@
+"""Bulk seeding of a settle SQLite database, consistent with every ledger invariant
+(``settle audit`` passes on the result).
+
+The API accepts one transfer per transaction (a commit, an fsync each); a benchmark that
+needs 20,000 pending transfers or a million ledger entries writes them here instead,
+through sqlite3's executemany, one transaction per chunk. Each chunk re-reads the
+accounts it starts from inside its own write transaction, so a running settle may share
+the file. Event payloads come from the ledger's own builders, so a replay of a seeded
+event is exactly what the live stream would have sent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import secrets
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from server import auth, ledger, migrate
+from server.schema import new_id, now_us
+
+DEPOSIT = 1_000_000_00
+TOKEN_TTL_US = 24 * 3600 * 1_000_000
+
+_INSERT = {
+    "transfers": "INSERT INTO transfers (id, from_account, to_account, amount, currency, memo,"
+    " status, failure_reason, created_by, created_at, settled_at) VALUES (:id, :from_account,"
+    " :to_account, :amount, :currency, :memo, :status, :failure_reason, :created_by,"
+    " :created_at, :settled_at)",
+    "ledger_entries": "INSERT INTO ledger_entries (transfer_id, account_id, amount, created_at)"
+    " VALUES (:transfer_id, :account_id, :amount, :created_at)",
+    "account_events": "INSERT INTO account_events (account_id, seq, type, transfer_id, payload,"
+    " created_at) VALUES (:account_id, :seq, :type, :transfer_id, :payload, :created_at)",
+}
+_SAVE_ACCOUNT = (
+    "UPDATE accounts SET posted = :posted, pending_debits = :pending_debits,"
+    " pending_credits = :pending_credits, seq = :seq WHERE id = :id"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class User:
+    id: str
+    name: str
+    account: str
+    token: str
+
+
+def create(path: Path) -> None:
+    """A new, empty database with settle's schema."""
+    migrate.upgrade(f"sqlite:///{path}")
+
+
+class Seeder:
+    """Writes users, completed history and pending transfers straight into the file."""
+
+    def __init__(self, path: Path, rng_seed: int = 7) -> None:
+        self.conn = sqlite3.connect(path, isolation_level=None, timeout=60)
+        self.conn.row_factory = sqlite3.Row
+        # Only this connection's commits skip the fsync; settle's own keep theirs.
+        self.conn.execute("PRAGMA synchronous=OFF")
+        self.conn.execute("PRAGMA cache_size=-200000")
+        self.rng = random.Random(rng_seed)
+        self.accounts: dict[str, dict[str, Any]] = {}
+        self.rows: dict[str, list[dict[str, Any]]] = {table: [] for table in _INSERT}
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def users(self, n: int, prefix: str, deposit: int = DEPOSIT) -> list[User]:
+        """n users with one funded account and an API token each."""
+        password = auth.hash_password(secrets.token_urlsafe(8))
+        at = now_us()
+        made = [
+            User(new_id("usr"), f"{prefix}{i}", new_id("acc"), "stl_" + secrets.token_urlsafe(32))
+            for i in range(n)
+        ]
+        self._begin()
+        funding = self._funding(at)
+        self.conn.executemany(
+            "INSERT INTO users (id, username, password_hash, created_at) VALUES (?, ?, ?, ?)",
+            [(u.id, u.name, password, at) for u in made],
+        )
+        self.conn.executemany(
+            "INSERT INTO accounts (id, user_id, name, currency, kind, status, created_at)"
+            " VALUES (?, ?, 'Main', 'USD', 'user', 'active', ?)",
+            [(u.account, u.id, at) for u in made],
+        )
+        self.conn.executemany(
+            "INSERT INTO api_tokens (token_hash, user_id, created_at, expires_at)"
+            " VALUES (?, ?, ?, ?)",
+            [(auth.token_digest(u.token), u.id, at, at + TOKEN_TTL_US) for u in made],
+        )
+        self._load_accounts()
+        for u in made:
+            self._transfer(funding, u.account, deposit, "completed", at, "Deposit")
+        self._commit()
+        return made
+
+    def history(
+        self,
+        n: int,
+        among: Sequence[str],
+        hot: str | None = None,
+        hot_share: float = 0.0,
+        chunk: int = 50_000,
+    ) -> None:
+        """n completed transfers of 0.01 to 9.99 between random accounts of ``among``
+        (a share of them into ``hot``), dated in the past, a microsecond apart."""
+        at = now_us() - n
+        for start in range(0, n, chunk):
+            self._begin()
+            for _ in range(min(chunk, n - start)):
+                src, dst = self.rng.sample(among, 2)
+                if hot is not None and self.rng.random() < hot_share and src != hot:
+                    dst = hot
+                self._transfer(src, dst, self.rng.randint(1, 999), "completed", at)
+                at += 1
+            self._commit()
+
+    def pending(self, n: int, among: Sequence[str]) -> list[str]:
+        """n pending transfers of 0.01 between random accounts of ``among``, as if just
+        accepted (their settlement jobs are the caller's to enqueue)."""
+        self._begin()
+        at = now_us()
+        ids = []
+        for i in range(n):
+            src, dst = self.rng.sample(among, 2)
+            ids.append(self._transfer(src, dst, 1, "pending", at + i))
+        self._commit()
+        return ids
+
+    def _begin(self) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")
+        self._load_accounts()
+
+    def _load_accounts(self) -> None:
+        rows = self.conn.execute("SELECT * FROM accounts").fetchall()
+        self.accounts = {r["id"]: dict(r) for r in rows}
+
+    def _commit(self) -> None:
+        for table, rows in self.rows.items():
+            self.conn.executemany(_INSERT[table], rows)
+            rows.clear()
+        self.conn.executemany(_SAVE_ACCOUNT, list(self.accounts.values()))
+        self.conn.execute("COMMIT")
+
+    def _funding(self, at: int) -> str:
+        """The bank's USD funding account, created on first use (as the ledger does)."""
+        found = self.conn.execute(
+            "SELECT id FROM accounts WHERE kind = 'funding' AND currency = 'USD'"
+        ).fetchone()
+        if found is not None:
+            return str(found["id"])
+        bank = self.conn.execute("SELECT id FROM users WHERE username = ?", (ledger.BANK_USERNAME,))
+        row = bank.fetchone()
+        bank_id = row["id"] if row is not None else new_id("usr")
+        if row is None:
+            self.conn.execute(
+                "INSERT INTO users (id, username, password_hash, created_at) VALUES (?, ?, '!', ?)",
+                (bank_id, ledger.BANK_USERNAME, at),
+            )
+        account = new_id("acc")
+        self.conn.execute(
+            "INSERT INTO accounts (id, user_id, name, currency, kind, status, created_at)"
+            " VALUES (?, ?, 'Funding USD', 'USD', 'funding', 'active', ?)",
+            (account, bank_id, at),
+        )
+        return account
+
+    def _transfer(
+        self, src: str, dst: str, amount: int, status: str, at: int, memo: str = ""
+    ) -> str:
+        """One transfer with its effects: balances, entries (if completed), two events."""
+        row = {
+            "id": new_id("tr"),
+            "from_account": src,
+            "to_account": dst,
+            "amount": amount,
+            "currency": "USD",
+            "memo": memo,
+            "status": status,
+            "failure_reason": None,
+            "created_by": self.accounts[src]["user_id"],
+            "created_at": at,
+            "settled_at": at + 2000 if status == "completed" else None,
+        }
+        self.rows["transfers"].append(row)
+        a, b = self.accounts[src], self.accounts[dst]
+        if status == "completed":
+            a["posted"] -= amount
+            b["posted"] += amount
+            self.rows["ledger_entries"] += ledger._entries(row, row["settled_at"])
+        else:
+            a["pending_debits"] += amount
+            b["pending_credits"] += amount
+        transfer = ledger.transfer_of(row)
+        for account in (a, b):
+            account["seq"] += 1
+            _, event_row = ledger._event(account, f"transfer.{status}", transfer, at)
+            self.rows["account_events"].append(event_row)
+        return str(row["id"])

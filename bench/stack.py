@@ -1,0 +1,223 @@
+"""settle on loopback for benchmarks: the bundled redis-server, a SQLite file in a
+temporary directory, and ``settle web`` / ``settle worker`` as subprocesses, each with the
+settings a deployment would have (one uvicorn process, ``SETTLE_DELAY_MS=0``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Iterable, Iterator
+from pathlib import Path
+
+import orjson
+import redis
+import sqlalchemy as sa
+from redis.asyncio import Redis as AsyncRedis
+
+from bench import loadgen
+from server.db import Store
+from server.redisbox import start_redis_server, stop_redis_server
+from server.schema import transfers
+from server.settings import Settings
+
+REPO = Path(__file__).resolve().parent.parent
+SECRET_KEY = "bench-secret-key"  # noqa: S105 (a throwaway deployment on loopback)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def redis_server(var: Path) -> Iterator[str]:
+    """The bundled redis-server (no persistence) in ``var``; yields its unix:// URL."""
+    proc = start_redis_server(var, var / "redis.sock", appendonly=False)
+    try:
+        yield f"unix://{var / 'redis.sock'}"
+    finally:
+        stop_redis_server(proc)
+
+
+def settle_env(
+    var: Path, redis_url: str, database: Path, port: int, prefix: str, **extra: str
+) -> dict[str, str]:
+    return {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{database}",
+        "REDIS_URL": redis_url,
+        "SECRET_KEY": SECRET_KEY,
+        "SETTLE_VAR_DIR": str(var),
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "WEB_CONCURRENCY": "1",
+        "SETTLE_DELAY_MS": "0",
+        "SETTLE_REDIS_PREFIX": prefix,
+        **extra,
+    }
+
+
+def start(module: str, *args: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """``python -m module args...`` from the repository, its output appended to ``log``."""
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", module, *args],
+            env=env,
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def stop(procs: Iterable[subprocess.Popen[bytes]]) -> None:
+    procs = list(procs)
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def wait_http(port: int, proc: subprocess.Popen[bytes], path: str, log: Path) -> None:
+    """Until GET ``path`` answers 200 (the process exiting first is an error)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited; see {log}")
+        with contextlib.suppress(OSError, urllib.error.URLError):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+                if r.status == 200:
+                    return
+        time.sleep(0.05)
+    raise RuntimeError(f"{proc.args!r} did not answer on port {port}; see {log}")
+
+
+def wait_worker(settings: Settings, proc: subprocess.Popen[bytes], log: Path) -> None:
+    """Until the arq worker has polled its queue once (it then writes its health key)."""
+    client = redis.Redis.from_url(settings.redis_url or "")
+    deadline = time.monotonic() + 60
+    try:
+        while not client.exists(f"{settings.queue_name}:health-check"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the worker did not start; see {log}")
+            time.sleep(0.05)
+    finally:
+        client.close()
+
+
+@dataclasses.dataclass
+class Stack:
+    """A running deployment: its settings, environment and processes."""
+
+    var: Path
+    settings: Settings
+    env: dict[str, str]
+    procs: dict[str, subprocess.Popen[bytes]]
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.settings.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}"
+
+    @property
+    def database(self) -> Path:
+        return Path(self.settings.database_url.removeprefix("sqlite:///"))
+
+    def pid(self, name: str) -> int:
+        return self.procs[name].pid
+
+
+@contextlib.contextmanager
+def running(
+    var: Path,
+    redis_url: str,
+    database: Path,
+    name: str,
+    worker: bool = True,
+    extra: dict[str, str] | None = None,
+) -> Iterator[Stack]:
+    """``settle web`` (and ``settle worker``) on ``database``, ready to serve; stopped after.
+
+    Each stack has its own Redis key prefix, so stacks can share one redis-server."""
+    env = settle_env(var, redis_url, database, free_port(), f"bench-{name}", **(extra or {}))
+    settings = Settings.from_env(env)
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        log = var / f"{name}-web.log"
+        procs["web"] = start("server.cli", "web", env=env, log=log)
+        wait_http(settings.port, procs["web"], "/readyz", log)
+        if worker:
+            log = var / f"{name}-worker.log"
+            procs["worker"] = start("server.cli", "worker", env=env, log=log)
+            wait_worker(settings, procs["worker"], log)
+        yield Stack(var, settings, env, procs)
+    finally:
+        stop(procs.values())
+
+
+def transfer_request(host: str, token: str, src: str, dst: str, key: str) -> bytes:
+    """POST /api/transfers of 0.01 from ``src`` to ``dst``, with an Idempotency-Key."""
+    body = orjson.dumps({"from_account": src, "to_account": dst, "amount": "0.01"})
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "Content-Type": "application/json",
+        "Idempotency-Key": key,
+    }
+    return loadgen.request("POST", "/api/transfers", host, headers, body)
+
+
+@contextlib.asynccontextmanager
+async def connected(settings: Settings) -> AsyncIterator[Store]:
+    store = Store(settings)
+    await store.connect()
+    try:
+        yield store
+    finally:
+        await store.disconnect()
+
+
+async def pending(store: Store) -> int:
+    """How many transfers are pending."""
+    count = await store.fetch_val(sa.select(sa.func.count()).where(transfers.c.status == "pending"))
+    return int(count)
+
+
+async def drain(stack: Stack, store: Store, limit_s: float = 300) -> float:
+    """Until nothing is pending and no settlement job is left in the queue (each job
+    settles every due transfer it finds, so a leftover one would settle what a benchmark
+    seeds next); how long that took."""
+    started = time.perf_counter()
+    client = AsyncRedis.from_url(stack.settings.redis_url or "")
+    try:
+        while time.perf_counter() - started < limit_s:
+            if not await pending(store) and not await client.zcard(stack.settings.queue_name):
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await client.aclose()
+    return time.perf_counter() - started
+
+
+def rss_kib(pid: int) -> int:
+    """A process's resident set size (VmRSS), in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
