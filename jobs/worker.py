@@ -26,6 +26,8 @@ from server.settings import Settings
 
 log = logging.getLogger("settle.worker")
 
+_STATUS = sa.select(transfers.c.status).where(transfers.c.id == sa.bindparam("tid"))
+
 RESTART_PAUSE_S = 0.2
 
 
@@ -50,6 +52,11 @@ async def settle_transfer(ctx: dict[str, Any], transfer_id: str) -> int:
     in its batch, settles nothing. Returns how many transfers this run settled.
     """
     settings: Settings = ctx["settings"]
+    status = await ctx["store"].fetch_val(_STATUS, {"tid": transfer_id})
+    if status != "pending":
+        # Already settled in an earlier job's batch (the usual case under load), or
+        # cancelled: no need to queue for the write lock.
+        return 0
     ready_before = now_us() - settings.settle_delay_ms * 1000 + 1
     try:
         events = await ledger.settle(
@@ -69,10 +76,7 @@ async def settle_transfer(ctx: dict[str, Any], transfer_id: str) -> int:
     if settled:
         log.info("settled %d transfers (job for %s)", settled, transfer_id)
     if transfer_id not in {e.message["transfer"]["id"] for e in events}:
-        still = await ctx["store"].fetch_val(
-            sa.select(transfers.c.status).where(transfers.c.id == transfer_id)
-        )
-        if still == "pending":
+        if await ctx["store"].fetch_val(_STATUS, {"tid": transfer_id}) == "pending":
             # Another settlement transaction was running (PostgreSQL): try again shortly;
             # that one has likely settled this transfer in its batch by then.
             raise Retry(defer=0.05)

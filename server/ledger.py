@@ -19,6 +19,8 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from server import errors
 from server.db import Conn, Store
@@ -217,12 +219,20 @@ def request_hash(from_account: str, to_account: str, amount: int, memo: str) -> 
     return hashlib.sha256(body).hexdigest()
 
 
+_IDEMPOTENCY_KEY = sa.select(idempotency_keys).where(
+    idempotency_keys.c.user_id == sa.bindparam("uid"), idempotency_keys.c.key == sa.bindparam("key")
+)
+# Claim a key for this request; no row back: another request holds it.
+_CLAIM_KEY = {
+    dialect: dialect.insert(idempotency_keys)
+    .on_conflict_do_nothing()
+    .returning(idempotency_keys.c.key)
+    for dialect in (sqlite_dialect, postgresql)
+}
+
+
 async def _replay(store: Store, user_id: str, key: str, digest: str) -> Accepted | None:
-    row = await store.fetch_one(
-        sa.select(idempotency_keys).where(
-            idempotency_keys.c.user_id == user_id, idempotency_keys.c.key == key
-        )
-    )
+    row = await store.fetch_one(_IDEMPOTENCY_KEY, {"uid": user_id, "key": key})
     if row is None:
         return None
     if row["request_hash"] != digest:
@@ -313,18 +323,17 @@ async def accept_transfer(
             balance = balance_of(src_row)
             response = orjson.dumps({**transfer, "balance": balance})
             if idempotency_key is not None:
+                claim = _CLAIM_KEY[sqlite_dialect if store.is_sqlite else postgresql]
                 taken = await conn.fetch_one(
-                    store.insert(idempotency_keys)
-                    .values(
-                        user_id=user_id,
-                        key=idempotency_key,
-                        request_hash=digest,
-                        transfer_id=transfer_id,
-                        response=response.decode(),
-                        created_at=at,
-                    )
-                    .on_conflict_do_nothing()
-                    .returning(idempotency_keys.c.key)
+                    claim,
+                    {
+                        "user_id": user_id,
+                        "key": idempotency_key,
+                        "request_hash": digest,
+                        "transfer_id": transfer_id,
+                        "response": response.decode(),
+                        "created_at": at,
+                    },
                 )
                 if taken is None:
                     raise _KeyTaken
