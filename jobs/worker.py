@@ -52,11 +52,6 @@ async def settle_transfer(ctx: dict[str, Any], transfer_id: str) -> int:
     in its batch, settles nothing. Returns how many transfers this run settled.
     """
     settings: Settings = ctx["settings"]
-    status = await ctx["store"].fetch_val(_STATUS, {"tid": transfer_id})
-    if status != "pending":
-        # Already settled in an earlier job's batch (the usual case under load), or
-        # cancelled: no need to queue for the write lock.
-        return 0
     ready_before = now_us() - settings.settle_delay_ms * 1000 + 1
     try:
         events = await ledger.settle(
