@@ -161,17 +161,7 @@ async def account_transfers(request: Request) -> Response:
     store = store_of(request)
     account = await owned_account(store, user, request.path_params["account_id"])
     limit = _page_limit(request)
-    query = (
-        sa.select(transfers)
-        .where(
-            sa.or_(
-                transfers.c.from_account == account["id"],
-                transfers.c.to_account == account["id"],
-            )
-        )
-        .order_by(transfers.c.created_at.desc(), transfers.c.id.desc())
-        .limit(limit + 1)
-    )
+    cursor = None
     before = request.query_params.get("before")
     if before is not None:
         cursor = await store.fetch_one(
@@ -187,10 +177,12 @@ async def account_transfers(request: Request) -> Response:
             raise errors.InvalidField(
                 "before must be the id of a transfer of this account", "before"
             )
-        query = query.where(
-            sa.tuple_(transfers.c.created_at, transfers.c.id)
-            < sa.tuple_(sa.literal(cursor["created_at"]), sa.literal(cursor["id"]))
-        )
+    # One more than asked for: whether there is a next page.
+    query = ledger.history_query(
+        account["id"],
+        limit + 1,
+        None if cursor is None else (cursor["created_at"], cursor["id"]),
+    )
     rows = list(await store.fetch_all(query))
     more = len(rows) > limit
     rows = rows[:limit]

@@ -683,3 +683,36 @@ async def pending_older_than(store: Store, before_us: int, limit: int = 1000) ->
         .limit(limit)
     )
     return [r["id"] for r in rows]
+
+
+def history_query(
+    account_id: str, limit: int, before: tuple[int, str] | None = None
+) -> sa.Select[Any]:
+    """An account's transfers, newest first (``created_at DESC, id DESC``), at most
+    ``limit``; with ``before`` (the ``(created_at, id)`` of one of them) only those after
+    it in that order. The API and the account page both read history through this.
+
+    Not ``from_account = X OR to_account = X``: no index serves that and its order, so the
+    database sorted every transfer of the account for each page. Instead one index-ordered
+    scan per side (``ix_transfers_from_created_id``, ``ix_transfers_to_created_id``), each
+    stopping after ``limit`` rows, merged: the same rows, since no transfer is from and to
+    the same account."""
+
+    def side(column: sa.Column[str]) -> sa.Select[Any]:
+        query = sa.select(transfers).where(column == account_id)
+        if before is not None:
+            query = query.where(
+                sa.tuple_(transfers.c.created_at, transfers.c.id)
+                < sa.tuple_(
+                    sa.literal(before[0], transfers.c.created_at.type),
+                    sa.literal(before[1], transfers.c.id.type),
+                )
+            )
+        newest = query.order_by(transfers.c.created_at.desc(), transfers.c.id.desc()).limit(limit)
+        # Wrapped: SQLite takes no ORDER BY / LIMIT on a bare member of a UNION.
+        return sa.select(newest.subquery())
+
+    both = sa.union_all(side(transfers.c.from_account), side(transfers.c.to_account)).subquery(
+        "history"
+    )
+    return sa.select(both).order_by(both.c.created_at.desc(), both.c.id.desc()).limit(limit)

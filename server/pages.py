@@ -21,7 +21,7 @@ from starlette.routing import Route
 from server import api, auth, errors, fragments, ledger, limits, login, metrics, sessions
 from server.dispatch import Dispatcher
 from server.money import parse_amount
-from server.schema import accounts, transfers, users
+from server.schema import accounts, users
 from server.sessions import Session
 
 HISTORY_LIMIT = 50
@@ -46,12 +46,7 @@ async def _account(request: Request, session: Session) -> dict[str, Any]:
 
 
 async def _history(request: Request, account_id: str) -> list[dict[str, Any]]:
-    rows = await request.state.store.fetch_all(
-        sa.select(transfers)
-        .where(sa.or_(transfers.c.from_account == account_id, transfers.c.to_account == account_id))
-        .order_by(transfers.c.created_at.desc(), transfers.c.id.desc())
-        .limit(HISTORY_LIMIT)
-    )
+    rows = await request.state.store.fetch_all(ledger.history_query(account_id, HISTORY_LIMIT))
     return [ledger.transfer_of(r) for r in rows]
 
 

@@ -79,8 +79,10 @@ transfers = sa.Table(
     sa.Column("created_at", Micros, nullable=False),
     sa.Column("settled_at", Micros, nullable=True),
     sa.Index("ix_transfers_status_created", "status", "created_at"),
-    sa.Index("ix_transfers_from_created", "from_account", "created_at"),
-    sa.Index("ix_transfers_to_created", "to_account", "created_at"),
+    # An account's history, newest first, one index-ordered scan per side
+    # (``ledger.history_query``): ``id`` is in the key because it breaks created_at ties.
+    sa.Index("ix_transfers_from_created_id", "from_account", "created_at", "id"),
+    sa.Index("ix_transfers_to_created_id", "to_account", "created_at", "id"),
 )
 
 ledger_entries = sa.Table(

@@ -4,6 +4,7 @@ sees or moves what is not theirs."""
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Any
 
@@ -15,6 +16,7 @@ from server.db import Store
 from server.settings import Settings
 from tests.conftest import Customer, Stack
 from tests.test_live import recv, seq_of, server_stack, subscribe
+from tests.test_sessions import browser, login
 
 
 async def snapshot(stack: Stack) -> list[Any]:
@@ -272,6 +274,55 @@ async def test_pagination_limits_are_validated(stack: Stack) -> None:
     for params in ({"limit": "0"}, {"limit": "201"}, {"limit": "x"}, {"before": "tr_nope"}):
         r = await stack.client.get(url, params=params, headers=alice.headers)
         assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_field"
+
+
+async def test_history_pages_through_sent_and_received_in_exact_order(stack: Stack) -> None:
+    alice, bob, carol = [await stack.customer() for _ in range(3)]
+    plan = [(alice, bob), (bob, alice), (carol, alice), (alice, carol), (bob, carol)] * 4
+    for sender, receiver in plan:
+        r = await stack.transfer(sender, receiver.account, "0.01")
+        assert r.status_code == 202, r.text
+    # Three transfers to each created_at (in random id order), so that ties are broken by
+    # id and some page boundaries fall inside a tie; the deposits keep their earlier times.
+    mine = f"('{alice.account}', '{bob.account}', '{carol.account}')"
+    sent = await stack.store.fetch_all(f"SELECT id FROM transfers WHERE from_account IN {mine}")
+    async with stack.store.write() as conn:
+        for i, row in enumerate(sorted(r["id"] for r in sent)):
+            at = 2 * 10**15 + (i * 7 % len(sent)) // 3
+            await conn.execute(f"UPDATE transfers SET created_at = {at} WHERE id = '{row}'")
+    rows = await stack.store.fetch_all(
+        "SELECT id, from_account, to_account, created_at FROM transfers"
+        f" WHERE from_account = '{alice.account}' OR to_account = '{alice.account}'"
+    )
+    # Python's order of the ids is the databases' (SQLite BINARY, PostgreSQL C collation).
+    expected = [
+        r["id"] for r in sorted(rows, key=lambda r: (r["created_at"], r["id"]), reverse=True)
+    ]
+    assert {r["from_account"] == alice.account for r in rows} == {True, False}
+    assert len({r["created_at"] for r in rows}) < len(rows), "ties were constructed"
+
+    seen: list[str] = []
+    pages = 0
+    params = {"limit": "4"}
+    while True:
+        r = await stack.client.get(
+            f"/api/accounts/{alice.account}/transfers", params=params, headers=alice.headers
+        )
+        assert r.status_code == 200, r.text
+        page = r.json()
+        seen += [t["id"] for t in page["transfers"]]
+        pages += 1
+        if page["next_before"] is None:
+            break
+        assert page["next_before"] == seen[-1] and len(page["transfers"]) == 4
+        params["before"] = page["next_before"]
+    assert seen == expected and pages == -(-len(expected) // 4)
+
+    # The account page shows the same history, newest first.
+    async with browser(stack) as client:
+        await login(client, alice)
+        html = (await client.get(f"/accounts/{alice.account}")).text
+    assert re.findall(r'<li id="row-(tr_[^"]+)"', html) == expected[:50]
 
 
 async def test_unknown_routes_and_methods_answer_json_errors(stack: Stack) -> None:

@@ -39,7 +39,7 @@ async def test_migrations_from_empty_match_the_declared_schema(store: Store) -> 
     # The store fixture migrated this (empty) database to head.
     assert await schema_drift(store.url) == []
     version = await store.fetch_val("SELECT version_num FROM alembic_version")
-    assert version == "0002"
+    assert version == "0003"
 
 
 async def test_upgrade_from_the_first_revision_keeps_data(tmp_path: Path) -> None:
