@@ -213,20 +213,23 @@ class Load:
             self.running.cancel()
             await asyncio.gather(self.running, return_exceptions=True)
 
+    def new_transfer(self) -> tuple[int, str, Holder, dict[str, str], dict[str, str]]:
+        """The next transfer to send: (number, Idempotency-Key, sender, body, headers)."""
+        self.next_key += 1
+        src, dst = self.rng.sample(self.holders, 2)
+        key = f"chaos-{self.run_id}-{self.next_key}"
+        body = {
+            "from_account": src.account,
+            "to_account": dst.account,
+            "amount": format_amount(self.rng.randint(1, 500)),
+            "memo": MEMO + key,
+        }
+        return self.next_key, key, src, body, {**src.headers, "Idempotency-Key": key}
+
     async def _client(self, stop: asyncio.Event) -> None:
         async with httpx.AsyncClient(base_url=self.base_url, timeout=5) as client:
             while not stop.is_set():
-                self.next_key += 1
-                n = self.next_key
-                src, dst = self.rng.sample(self.holders, 2)
-                key = f"chaos-{self.run_id}-{n}"
-                body = {
-                    "from_account": src.account,
-                    "to_account": dst.account,
-                    "amount": format_amount(self.rng.randint(1, 500)),
-                    "memo": MEMO + key,
-                }
-                headers = {**src.headers, "Idempotency-Key": key}
+                n, key, src, body, headers = self.new_transfer()
                 r = await self.carefully(client, "POST", "/api/transfers", body, headers)
                 assert r.status_code == 202, r.text
                 self.acked[key] = r.json()["id"]

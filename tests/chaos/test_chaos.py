@@ -12,8 +12,7 @@ import asyncpg
 import httpx
 import pytest
 
-from server.money import format_amount
-from tests.chaos.harness import MEMO, Chaos, Load
+from tests.chaos.harness import Chaos, Load
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(240)]
 
@@ -128,15 +127,7 @@ async def test_client_disconnects_mid_request_and_retries(chaos: Chaos) -> None:
         hung = 0
         async with httpx.AsyncClient(base_url=fleet.base_url, timeout=5) as client:
             for n in range(12):
-                src, dst = chaos.rng.sample(chaos.holders, 2)
-                key = f"chaos-hangup-{load.run_id}-{n}"
-                body = {
-                    "from_account": src.account,
-                    "to_account": dst.account,
-                    "amount": format_amount(chaos.rng.randint(1, 500)),
-                    "memo": MEMO + key,
-                }
-                headers = {**src.headers, "Idempotency-Key": key}
+                _, key, _, body, headers = load.new_transfer()
                 request = client.build_request("POST", "/api/transfers", json=body, headers=headers)
                 raw = b"".join(
                     [
