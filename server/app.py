@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from arq import create_pool
@@ -123,10 +123,12 @@ async def readyz(request: Request) -> Response:
     )
 
 
-def error_response(exc: errors.SettleError) -> Response:
-    headers = {}
+def error_response(exc: errors.SettleError, headers: Mapping[str, str] | None = None) -> Response:
+    headers = dict(headers or {})
     if isinstance(exc, errors.RateLimited):
         headers["Retry-After"] = str(exc.retry_after)
+    elif isinstance(exc, errors.Unauthorized):
+        headers["WWW-Authenticate"] = "Bearer"  # RFC 6750: how to authenticate
     return api.JSONResponse(exc.to_dict(), status_code=exc.status, headers=headers)
 
 
@@ -147,7 +149,8 @@ async def http_error(request: Request, exc: Exception) -> Response:
     err.status, err.code = exc.status_code, codes.get(exc.status_code, "bad_request")
     if pages.wants_html(request):
         return pages.error_page(request, err.status, err.code, err.message)
-    return error_response(err)
+    # Starlette's own headers, such as Allow on a 405.
+    return error_response(err, exc.headers)
 
 
 async def server_error(request: Request, exc: Exception) -> Response:

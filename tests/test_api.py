@@ -330,6 +330,9 @@ async def test_unknown_routes_and_methods_answer_json_errors(stack: Stack) -> No
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
     r = await stack.client.put("/api/transfers")
     assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+    assert r.headers["allow"] == "POST"
+    r = await stack.client.get("/api/accounts")
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
 
 
 async def test_health_readiness_schema_and_metrics(stack: Stack) -> None:

@@ -14,8 +14,6 @@ import contextlib
 import dataclasses
 import random
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,7 +32,7 @@ from server.db import Store
 from server.money import format_amount
 from server.schema import accounts, transfers
 from server.settings import Settings
-from tests.conftest import settings_env
+from tests.fleet import Fleet
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -55,42 +53,6 @@ MEMO = "scale"
 def _needs_postgres(postgres_url: str | None) -> None:
     if postgres_url is None:
         pytest.skip("needs PostgreSQL: set TEST_DATABASE_URL (SQLite has one writer per file)")
-
-
-class Fleet:
-    """settle subprocesses, each logging to a file; all stopped at teardown."""
-
-    def __init__(self, settings: Settings, logs: Path) -> None:
-        self.settings = settings
-        self.logs = logs
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-
-    def start(self, name: str, *args: str, **env: str) -> None:
-        with open(self.logs / f"{name}.log", "wb") as log:
-            self.procs[name] = subprocess.Popen(
-                [sys.executable, "-m", "server.cli", *args],
-                env=settings_env(self.settings, **env),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-
-    def check_alive(self) -> None:
-        for name, proc in self.procs.items():
-            if proc.poll() is not None:
-                tail = (self.logs / f"{name}.log").read_text(errors="replace")[-3000:]
-                raise AssertionError(f"{name} exited with {proc.returncode}:\n{tail}")
-
-    def stop_all(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 @pytest.fixture
@@ -191,19 +153,6 @@ async def post(client: httpx.AsyncClient, body: Any, headers: dict[str, str]) ->
     return await client.post("/api/transfers", json=body, headers=headers)
 
 
-async def wait_ready(fleet: Fleet, ports: list[int]) -> None:
-    deadline = time.monotonic() + 30
-    async with httpx.AsyncClient(timeout=2) as client:
-        for port in ports:
-            while True:
-                fleet.check_alive()
-                with contextlib.suppress(httpx.TransportError):
-                    if (await client.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200:
-                        break
-                assert time.monotonic() < deadline, f"web on port {port} not ready in 30 s"
-                await asyncio.sleep(0.1)
-
-
 async def wait_until(what: str, done: Any, fleet: Fleet, deadline: float) -> None:
     while not await done():
         fleet.check_alive()
@@ -225,7 +174,8 @@ async def test_many_processes_settle_every_transfer_once_and_streams_match_the_l
         user_id, account = await ledger.create_user(store, f"scale{i}", auth.hash_password("pw"))
         await ledger.deposit(store, account, DEPOSIT)
         holders.append(Holder(account, await auth.issue_token(store, user_id, 3600)))
-    await wait_ready(fleet, ports)
+    for port in ports:
+        await fleet.ready(port)
 
     watchers = [Watcher(holders[i].account) for i in range(WATCHED)]
     watching = [

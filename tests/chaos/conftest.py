@@ -18,7 +18,7 @@ import pytest
 
 from server.db import Store
 from server.settings import Settings
-from tests.chaos.harness import Chaos, Fleet, Redis, Round, Watcher, holders, render
+from tests.chaos.harness import Chaos, Deployment, Redis, Round, Watcher, holders, render
 
 ROUNDS: list[Round] = []
 SUMMARY = Path("var/chaos-summary.md")
@@ -73,19 +73,19 @@ def free_port() -> int:
 
 
 @pytest.fixture
-async def fleet(settings: Settings, store: Store, tmp_path: Path) -> AsyncIterator[Fleet]:
-    f = Fleet(settings, tmp_path, free_port())
-    f.start("web")
-    f.start("worker")
+async def fleet(settings: Settings, store: Store, tmp_path: Path) -> AsyncIterator[Deployment]:
+    f = Deployment(settings, tmp_path, free_port())
+    f.launch("web")
+    f.launch("worker")
     try:
-        await f.ready()
+        await f.ready(f.port)
         yield f
     finally:
         f.stop_all()
 
 
 @pytest.fixture
-async def chaos(fleet: Fleet, store: Store, chaos_redis: Redis) -> AsyncIterator[Chaos]:
+async def chaos(fleet: Deployment, store: Store, chaos_redis: Redis) -> AsyncIterator[Chaos]:
     """Eight funded accounts, four of them watched over the WebSocket."""
     people = await holders(store, 8, 10_000_00)
     c = Chaos(store, fleet, chaos_redis, people, [Watcher(fleet.base_url, h) for h in people[:4]])

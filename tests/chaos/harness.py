@@ -15,7 +15,6 @@ import contextlib
 import dataclasses
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -36,6 +35,7 @@ from server.redisbox import start_redis_server, stop_redis_server
 from server.schema import account_events, accounts, ledger_entries, transfers
 from server.settings import Settings
 from tests.conftest import settings_env
+from tests.fleet import Fleet
 
 TERMINAL = {"completed", "failed", "cancelled"}
 RETRY_STATUSES = {429, 500, 502, 503, 504}
@@ -75,78 +75,22 @@ class Redis:
             stop_redis_server(self.proc)
 
 
-class Fleet:
-    """``settle web`` and ``settle worker`` subprocesses, logging under ``logs``."""
+class Deployment(Fleet):
+    """One ``settle web`` (named "web") on ``port`` and one ``settle worker``."""
 
     def __init__(self, settings: Settings, logs: Path, port: int) -> None:
-        self.settings = settings
-        self.logs = logs
+        super().__init__(settings, logs)
         self.port = port
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.expected_dead: set[str] = set()
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, name: str, **env: str) -> None:
+    def launch(self, name: str, **env: str) -> None:
+        """Start "web" or "worker", with ``env`` (a SETTLE_CRASH_POINT, say)."""
         args = ["web", "--workers", "1"] if name == "web" else ["worker"]
         env = {"PORT": str(self.port), "HOST": "127.0.0.1", "SETTLE_CRASH_POINT": "", **env}
-        with open(self.logs / f"{name}.log", "ab") as log:
-            self.procs[name] = subprocess.Popen(
-                [sys.executable, "-m", "server.cli", *args],
-                env=settings_env(self.settings, **env),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        self.expected_dead.discard(name)
-
-    def kill(self, name: str) -> None:
-        proc = self.procs[name]
-        self.expected_dead.add(name)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-    async def crashed(self, name: str, within: float = 30) -> None:
-        """Wait for ``name`` to die by its own hand (a SETTLE_CRASH_POINT)."""
-        proc = self.procs[name]
-        self.expected_dead.add(name)
-        code = await asyncio.wait_for(asyncio.to_thread(proc.wait), within)
-        assert code == -signal.SIGKILL, f"{name} exited with {code}, not by its crash point"
-
-    def check_alive(self) -> None:
-        for name, proc in self.procs.items():
-            if name not in self.expected_dead and proc.poll() is not None:
-                tail = (self.logs / f"{name}.log").read_text(errors="replace")[-3000:]
-                raise AssertionError(f"{name} exited with {proc.returncode}:\n{tail}")
-
-    def stop_all(self) -> None:
-        """SIGTERM each process; one that does not stop within 15 s fails the test."""
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        hung = []
-        for name, proc in self.procs.items():
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                hung.append(name)
-                proc.kill()
-                proc.wait()
-        assert not hung, f"did not stop within 15 s of SIGTERM: {hung}"
-
-    async def ready(self, within: float = 30) -> None:
-        deadline = time.monotonic() + within
-        async with httpx.AsyncClient(timeout=2) as client:
-            while True:
-                self.check_alive()
-                with contextlib.suppress(httpx.TransportError):
-                    if (await client.get(f"{self.base_url}/readyz")).status_code == 200:
-                        return
-                assert time.monotonic() < deadline, f"web not ready within {within} s"
-                await asyncio.sleep(0.05)
+        self.start(name, *args, **env)
 
     def audit(self) -> subprocess.CompletedProcess[str]:
         """``settle audit``, exactly as an operator runs it."""
@@ -306,7 +250,7 @@ class Round:
 
 
 async def wait_for(
-    what: str, done: Callable[[], Awaitable[bool]], fleet: Fleet, within: float
+    what: str, done: Callable[[], Awaitable[bool]], fleet: Deployment, within: float
 ) -> float:
     """Poll ``done`` until it holds; return how long that took."""
     start = time.monotonic()
@@ -317,7 +261,9 @@ async def wait_for(
     return time.monotonic() - start
 
 
-async def healed(store: Store, fleet: Fleet, watchers: list[Watcher], within: float = 45) -> float:
+async def healed(
+    store: Store, fleet: Deployment, watchers: list[Watcher], within: float = 45
+) -> float:
     """Wait until nothing is pending and every subscriber has its account's last event."""
 
     async def settled_and_seen() -> bool:
@@ -340,7 +286,7 @@ async def healed(store: Store, fleet: Fleet, watchers: list[Watcher], within: fl
 
 
 async def verify(
-    store: Store, fleet: Fleet, load: Load, watchers: list[Watcher]
+    store: Store, fleet: Deployment, load: Load, watchers: list[Watcher]
 ) -> tuple[int, int]:
     """Every check the issue lists; returns (duplicates, lost) for the summary (both 0,
     or an assertion has already failed)."""
@@ -428,7 +374,7 @@ class Chaos:
     """One deployment under test and the rounds run against it."""
 
     store: Store
-    fleet: Fleet
+    fleet: Deployment
     redis: Redis
     holders: list[Holder]
     watchers: list[Watcher]

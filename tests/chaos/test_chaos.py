@@ -29,13 +29,13 @@ async def test_worker_killed_mid_settlement(chaos: Chaos) -> None:
         async def inject(load: Load) -> int:
             if at_crash_point:
                 fleet.kill("worker")
-                fleet.start("worker", SETTLE_CRASH_POINT="settle-before-commit")
+                fleet.launch("worker", SETTLE_CRASH_POINT="settle-before-commit")
                 await fleet.crashed("worker")
             else:
                 await asyncio.sleep(chaos.rng.uniform(0, 0.3))
                 fleet.kill("worker")
             await (load.finish() if quiet else asyncio.sleep(0.3))
-            fleet.start("worker")
+            fleet.launch("worker")
             return 1
 
         return inject
@@ -54,10 +54,10 @@ async def test_web_killed_between_commit_and_enqueue(chaos: Chaos) -> None:
         async def inject(load: Load) -> int:
             fleet.kill("web")
             if at_crash_point:
-                fleet.start("web", SETTLE_CRASH_POINT="accept-after-commit")
+                fleet.launch("web", SETTLE_CRASH_POINT="accept-after-commit")
                 await fleet.crashed("web")
-            fleet.start("web")
-            await fleet.ready()
+            fleet.launch("web")
+            await fleet.ready(fleet.port)
             return 1
 
         return inject
