@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 import subprocess
@@ -16,6 +17,18 @@ import httpx
 
 from server.settings import Settings
 from tests.conftest import settings_env
+
+
+@dataclasses.dataclass(frozen=True)
+class Holder:
+    """An account and a token of its owner, as the driving clients hold them."""
+
+    account: str
+    token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
 
 
 class Fleet:

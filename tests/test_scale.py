@@ -32,7 +32,7 @@ from server.db import Store
 from server.money import format_amount
 from server.schema import accounts, transfers
 from server.settings import Settings
-from tests.fleet import Fleet
+from tests.fleet import Fleet, Holder
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -69,16 +69,6 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-@dataclasses.dataclass(frozen=True)
-class Holder:
-    account: str
-    token: str
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"}
 
 
 @dataclasses.dataclass(frozen=True)

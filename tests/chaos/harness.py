@@ -35,7 +35,7 @@ from server.redisbox import start_redis_server, stop_redis_server
 from server.schema import account_events, accounts, ledger_entries, transfers
 from server.settings import Settings
 from tests.conftest import settings_env
-from tests.fleet import Fleet
+from tests.fleet import Fleet, Holder
 
 TERMINAL = {"completed", "failed", "cancelled"}
 RETRY_STATUSES = {429, 500, 502, 503, 504}
@@ -102,16 +102,6 @@ class Deployment(Fleet):
             timeout=60,
             check=False,
         )
-
-
-@dataclasses.dataclass(frozen=True)
-class Holder:
-    account: str
-    token: str
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"}
 
 
 async def holders(store: Store, n: int, deposit: int) -> list[Holder]:
