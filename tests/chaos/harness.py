@@ -275,6 +275,18 @@ async def healed(
     )
 
 
+async def per_transfer(
+    store: Store, table: sa.Table, *where: sa.ColumnElement[bool]
+) -> collections.Counter[str]:
+    """How many rows of ``table`` each chaos transfer has (that match ``where``)."""
+    rows = await store.fetch_all(
+        sa.select(table.c.transfer_id)
+        .join(transfers, transfers.c.id == table.c.transfer_id)
+        .where(transfers.c.memo.startswith(MEMO), *where)
+    )
+    return collections.Counter(r["transfer_id"] for r in rows)
+
+
 async def verify(
     store: Store, fleet: Deployment, load: Load, watchers: list[Watcher]
 ) -> tuple[int, int]:
@@ -300,33 +312,15 @@ async def verify(
 
     # Exactly once: one final event on the sender's log, and two ledger entries for a
     # completed transfer (none otherwise).
-    ids = [r["id"] for r in rows]
-    finals = collections.Counter(
-        r["transfer_id"]
-        for r in await store.fetch_all(
-            sa.select(account_events.c.transfer_id)
-            .select_from(
-                account_events.join(transfers, transfers.c.id == account_events.c.transfer_id)
-            )
-            .where(
-                account_events.c.account_id == transfers.c.from_account,
-                account_events.c.type.in_([f"transfer.{s}" for s in TERMINAL]),
-                transfers.c.memo.startswith(MEMO),
-            )
-        )
+    finals = await per_transfer(
+        store,
+        account_events,
+        account_events.c.account_id == transfers.c.from_account,
+        account_events.c.type.in_([f"transfer.{s}" for s in TERMINAL]),
     )
-    entries = collections.Counter(
-        r["transfer_id"]
-        for r in await store.fetch_all(
-            sa.select(ledger_entries.c.transfer_id)
-            .select_from(
-                ledger_entries.join(transfers, transfers.c.id == ledger_entries.c.transfer_id)
-            )
-            .where(transfers.c.memo.startswith(MEMO))
-        )
-    )
+    entries = await per_transfer(store, ledger_entries)
     status = {r["id"]: r["status"] for r in rows}
-    for tid in ids:
+    for tid in status:
         assert finals[tid] == 1, f"{tid} ended {finals[tid]} times"
         assert entries[tid] == (2 if status[tid] == "completed" else 0), tid
 
