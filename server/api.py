@@ -14,7 +14,7 @@ from starlette.routing import Route
 
 from server import auth, errors, faults, ledger, limits, metrics, sessions
 from server.auth import User
-from server.db import Store
+from server.db import Store, findable
 from server.dispatch import Dispatcher
 from server.money import parse_amount
 from server.schema import accounts, transfers
@@ -76,12 +76,6 @@ def text_field(data: dict[str, Any], name: str, *, max_len: int, required: bool 
     return value
 
 
-def lookup_id(value: str) -> str:
-    """An account or transfer id from the request, to look up. PostgreSQL text cannot hold
-    NUL, so no id has one and querying with it fails: look up "" instead, found by nothing."""
-    return "" if "\x00" in value else value
-
-
 def store_of(request: Request) -> Store:
     store: Store = request.state.store
     return store
@@ -127,7 +121,7 @@ async def revoke_token(request: Request) -> Response:
 async def owned_account(store: Store, user: User, account_id: str) -> Any:
     row = await store.fetch_one(
         sa.select(accounts).where(
-            accounts.c.id == lookup_id(account_id), accounts.c.user_id == user.id
+            accounts.c.id == findable(account_id), accounts.c.user_id == user.id
         )
     )
     if row is None:
@@ -166,7 +160,7 @@ async def account_transfers(request: Request) -> Response:
     if before is not None:
         cursor = await store.fetch_one(
             sa.select(transfers.c.created_at, transfers.c.id).where(
-                transfers.c.id == lookup_id(before),
+                transfers.c.id == findable(before),
                 sa.or_(
                     transfers.c.from_account == account["id"],
                     transfers.c.to_account == account["id"],
@@ -235,7 +229,7 @@ async def visible_transfer(store: Store, user: User, transfer_id: str) -> Any:
     mine = sa.select(accounts.c.id).where(accounts.c.user_id == user.id)
     row = await store.fetch_one(
         sa.select(transfers).where(
-            transfers.c.id == lookup_id(transfer_id),
+            transfers.c.id == findable(transfer_id),
             sa.or_(transfers.c.from_account.in_(mine), transfers.c.to_account.in_(mine)),
         )
     )
@@ -254,7 +248,7 @@ async def get_transfer(request: Request) -> Response:
 async def cancel_transfer(request: Request) -> Response:
     user = await current_user(request)
     transfer, events = await ledger.cancel_transfer(
-        store_of(request), user.id, lookup_id(request.path_params["transfer_id"])
+        store_of(request), user.id, findable(request.path_params["transfer_id"])
     )
     metrics.note(request, transfer["id"], "cancelled")
     dispatch: Dispatcher = request.state.dispatch

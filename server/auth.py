@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from starlette.requests import HTTPConnection
 
 from server import errors, sessions
-from server.db import Store
+from server.db import Store, findable
 from server.schema import api_tokens, now_us, users
 
 # scrypt cost: n=2**14, r=8 takes ~50 ms and 16 MiB per hash; tune up, never down.
@@ -66,10 +66,8 @@ def token_digest(token: str) -> str:
 
 async def check_credentials(store: Store, username: str, password: str) -> str:
     """Return the user id for a correct username and password, else raise Unauthorized."""
-    # PostgreSQL text cannot hold NUL, so no username has one (and querying with it fails).
-    name = "" if "\x00" in username else username
     row = await store.fetch_one(
-        sa.select(users.c.id, users.c.password_hash).where(users.c.username == name)
+        sa.select(users.c.id, users.c.password_hash).where(users.c.username == findable(username))
     )
     stored = row["password_hash"] if row is not None else _DUMMY_HASH
     if not verify_password(password, stored) or row is None:

@@ -452,6 +452,13 @@ async def _begin_immediate(conn: sa.Connection) -> None:
         pause = min(pause * 2, BEGIN_RETRY_MAX_S)
 
 
+def findable(value: str) -> str:
+    """A key from a request (an id, a username) to look up. PostgreSQL text cannot hold
+    NUL, so no stored key has one and querying with it fails: look up "" instead, which
+    matches nothing, on either database."""
+    return "" if "\x00" in value else value
+
+
 def unavailable(exc: BaseException) -> bool:
     """Whether ``exc`` means a backing service (the database, Redis) is unreachable or
     refusing work for now: the server's problem, but transient. Requests answer 503, so

@@ -19,6 +19,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from server import api, auth, errors, fragments, ledger, limits, login, metrics, sessions
+from server.db import findable
 from server.dispatch import Dispatcher
 from server.money import parse_amount
 from server.schema import accounts, users
@@ -120,7 +121,7 @@ def _sent_message(replayed: bool) -> dict[str, str]:
 async def _recipient(request: Request, to: str, currency: str) -> str:
     """An account id from what the sender typed: an account id, or a username."""
     store = request.state.store
-    to = api.lookup_id(to)
+    to = findable(to)
     found = await store.fetch_val(
         sa.select(accounts.c.id).where(accounts.c.id == to, accounts.c.kind == "user")
     )
@@ -240,7 +241,7 @@ async def cancel(request: Request) -> Response:
     session = await sessions.require(request)
     sessions.check_csrf(request, session.csrf_token, await request.form())
     transfer, events = await ledger.cancel_transfer(
-        request.state.store, session.user_id, api.lookup_id(request.path_params["transfer_id"])
+        request.state.store, session.user_id, findable(request.path_params["transfer_id"])
     )
     metrics.note(request, transfer["id"], "cancelled")
     dispatch: Dispatcher = request.state.dispatch
