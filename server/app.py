@@ -21,11 +21,9 @@ from server.db import Store, unavailable
 from server.dispatch import Dispatcher
 from server.hub import Hub
 from server.redisbox import redis_settings
-from server.settings import Settings
+from server.settings import LOG_FORMAT, Settings
 
 log = logging.getLogger("settle.app")
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
 def create_app(settings: Settings, store: Store | None = None) -> Starlette:

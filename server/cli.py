@@ -19,7 +19,7 @@ from server.audit import audit
 from server.db import Store, create_schema
 from server.money import parse_amount
 from server.redisbox import bundled_redis
-from server.settings import ConfigError, Settings
+from server.settings import LOG_FORMAT, ConfigError, Settings
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -299,8 +299,6 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``settle`` console script."""
-    from server.app import LOG_FORMAT
-
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     args = parser().parse_args(argv)
     try:

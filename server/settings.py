@@ -8,6 +8,9 @@ import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
+# Every settle process logs one line per record in this format (``settle.*`` loggers).
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
 
 class ConfigError(Exception):
     """The environment describes a configuration settle cannot run with."""
