@@ -172,10 +172,17 @@ def _large(
                 _met(limit, page["page"]["p99"]),
                 page["page"]["p99"] / c200["p99"],
                 f"JSON account p99 {page['api_account']['p99']:.1f} ms,"
-                f" history p99 {page['api_history']['p99']:.1f} ms",
+                f" history p99 {page['api_history']['p99']:.1f} ms; event-loop lag meanwhile:"
+                f" {_lag(page['loop_lag'])}",
             )
         )
     return out
+
+
+def _lag(lag: dict[str, float]) -> str:
+    bound = lag["max_bound_s"] * 1000
+    worst = "over 1 s" if bound == float("inf") else f"≤ {bound:g} ms"
+    return f"max {worst}, {lag['over_5ms']:.0f} of {lag['samples']:.0f} samples over 5 ms"
 
 
 def _verdict(ok: bool | None) -> str:

@@ -51,6 +51,8 @@ from bench.stack import (
     connected,
     drain,
     free_port,
+    lag_between,
+    lag_buckets,
     pending,
     redis_server,
     rss_kib,
@@ -193,6 +195,7 @@ async def page_times(stack: Stack, store: Store, user: User, n: int) -> dict[str
     }
     conn = await loadgen.Connection.open("127.0.0.1", stack.settings.port)
     out: dict[str, Any] = {}
+    lag_before = lag_buckets(stack.settings.port)
     try:
         for name, raw in requests.items():
             ms = []
@@ -205,6 +208,8 @@ async def page_times(stack: Stack, store: Store, user: User, n: int) -> dict[str
             out[name] = summary(ms)
     finally:
         conn.close()
+    # What those reads cost everyone else: how late the web process's loop woke timers.
+    out["loop_lag"] = lag_between(lag_before, lag_buckets(stack.settings.port))
     return out
 
 

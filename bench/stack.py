@@ -106,6 +106,29 @@ def wait_http(port: int, proc: subprocess.Popen[bytes], path: str, log: Path) ->
     raise RuntimeError(f"{proc.args!r} did not answer on port {port}; see {log}")
 
 
+def lag_buckets(port: int) -> dict[float, float]:
+    """The web process's event-loop lag histogram (``/metrics``): cumulative sample
+    counts by upper bound in seconds."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out: dict[float, float] = {}
+    for line in text.splitlines():
+        if line.startswith("settle_event_loop_lag_seconds_bucket{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            out[float(le)] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def lag_between(before: dict[float, float], after: dict[float, float]) -> dict[str, float]:
+    """Loop-lag samples taken between two ``lag_buckets`` readings: how many, how many
+    over 5 ms, and the bound of the highest bucket any fell in (the max, to a bucket)."""
+    delta = {le: after.get(le, 0.0) - before.get(le, 0.0) for le in after}
+    total = delta.get(float("inf"), 0.0)
+    within_5ms = delta.get(0.005, 0.0)
+    highest = min((le for le, n in delta.items() if n >= total), default=float("inf"))
+    return {"samples": total, "over_5ms": total - within_5ms, "max_bound_s": highest}
+
+
 def wait_worker(settings: Settings, proc: subprocess.Popen[bytes], log: Path) -> None:
     """Until the arq worker has polled its queue once (it then writes its health key)."""
     client = redis.Redis.from_url(settings.redis_url or "")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Mapping
@@ -48,6 +49,7 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
         m.ws_connections.set_function(lambda: hub.subscriber_count)
         templates = fragments.environment()
         await hub.start()
+        lag_probe = asyncio.create_task(metrics.probe_loop_lag(m.loop_lag))
         try:
             yield {
                 "settings": settings,
@@ -61,6 +63,8 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
                 "render_content": fragments.content_renderer(templates),
             }
         finally:
+            lag_probe.cancel()
+            await asyncio.gather(lag_probe, return_exceptions=True)
             await hub.stop()
             await redis.aclose()
             if own:

@@ -8,6 +8,7 @@ settlement metrics live in one registry per process (``SETTLEMENT``), shown by t
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -28,6 +29,9 @@ settle_log = logging.getLogger("settle.settlement")
 
 # Milliseconds matter here: the product's promise is a window of a few of them.
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0, 5.0)
+LAG_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
+# How often the loop-lag probe wakes: ~100 cheap wake-ups a second.
+LAG_PROBE_S = 0.01
 
 
 class Metrics:
@@ -54,6 +58,13 @@ class Metrics:
         )
         self.ws_connections = Gauge(
             "settle_websocket_connections", "Open WebSocket subscriptions", registry=r
+        )
+        self.loop_lag = Histogram(
+            "settle_event_loop_lag_seconds",
+            "How late a timer fires on the web process's event loop: what every socket"
+            " and request waits for a loop busy with something else",
+            buckets=LAG_BUCKETS,
+            registry=r,
         )
         self.pending = Gauge("settle_transfers_pending", "Transfers pending now", registry=r)
         self.queue_depth = Gauge(
@@ -89,6 +100,17 @@ class SettlementMetrics:
 
 
 SETTLEMENT = SettlementMetrics()
+
+
+async def probe_loop_lag(histogram: Histogram, every_s: float = LAG_PROBE_S) -> None:
+    """Forever: sleep ``every_s`` and record how much later than asked the loop woke us.
+    Anything that holds the loop (a synchronous query, a long render, a GC pause) shows
+    up here as the delay it inflicted on everything else."""
+    loop = asyncio.get_running_loop()
+    while True:
+        start = loop.time()
+        await asyncio.sleep(every_s)
+        histogram.observe(max(loop.time() - start - every_s, 0.0))
 
 
 def note(request: Request, transfer_id: str, change: str | None = None) -> None:
