@@ -64,8 +64,8 @@ from bench.stack import (
 )
 from bench.stats import summary
 from server import auth, sessions
-from server.db import Store
 from server.schema import transfers
+from server.store import Store
 
 RESULTS = REPO / "bench" / "results"
 # Acceptance load: 4 users per client, so that the per-user rate limit (100/s) never binds.

@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from server import auth, ledger, migrate
+from server import admin, auth, ledger, migrate, views
+from server.events import Event
 from server.schema import new_id, now_us
 
 DEPOSIT = 1_000_000_00
@@ -155,13 +156,13 @@ class Seeder:
         ).fetchone()
         if found is not None:
             return str(found["id"])
-        bank = self.conn.execute("SELECT id FROM users WHERE username = ?", (ledger.BANK_USERNAME,))
+        bank = self.conn.execute("SELECT id FROM users WHERE username = ?", (admin.BANK_USERNAME,))
         row = bank.fetchone()
         bank_id = row["id"] if row is not None else new_id("usr")
         if row is None:
             self.conn.execute(
                 "INSERT INTO users (id, username, password_hash, created_at) VALUES (?, ?, '!', ?)",
-                (bank_id, ledger.BANK_USERNAME, at),
+                (bank_id, admin.BANK_USERNAME, at),
             )
         account = new_id("acc")
         self.conn.execute(
@@ -193,13 +194,13 @@ class Seeder:
         if status == "completed":
             a["posted"] -= amount
             b["posted"] += amount
-            self.rows["ledger_entries"] += ledger._entries(row, row["settled_at"])
+            self.rows["ledger_entries"] += ledger.entries(row, row["settled_at"])
         else:
             a["pending_debits"] += amount
             b["pending_credits"] += amount
-        transfer = ledger.transfer_of(row)
+        transfer = views.transfer_of(row)
         for account in (a, b):
             account["seq"] += 1
-            _, event_row = ledger._event(account, f"transfer.{status}", transfer, at)
-            self.rows["account_events"].append(event_row)
+            event = Event.of(f"transfer.{status}", account, transfer, at)
+            self.rows["account_events"].append(event.log_row())
         return str(row["id"])

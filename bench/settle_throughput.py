@@ -2,7 +2,7 @@
 PostgreSQL (when one is reachable).
 
 For each database, N transfers among A funded accounts are accepted once through
-``ledger.accept_transfer`` into a seed database; each run starts from a copy of it (SQLite:
+``ledger.accept`` into a seed database; each run starts from a copy of it (SQLite:
 the backup API; PostgreSQL: CREATE DATABASE ... TEMPLATE), enqueues one settlement job per
 transfer with no worker running, then starts W workers and times from their start until
 no transfer is pending (the database polled every 50 ms). "window" is first to last
@@ -33,13 +33,13 @@ import sqlalchemy as sa
 from arq import create_pool
 
 from bench.stack import connected, pending, redis_server, start, stop
-from server import auth, ledger
+from server import admin, auth, ledger
 from server.audit import audit
-from server.db import create_schema
 from server.dispatch import Dispatcher
 from server.redisbox import redis_settings
-from server.schema import transfers
+from server.schema import new_id, now_us, transfers
 from server.settings import Settings
+from server.store import create_schema
 
 DEPOSIT = 1_000_000_00
 
@@ -82,8 +82,8 @@ async def seed(settings: Settings, n: int, accounts: int) -> None:
         await create_schema(store)
         owners: list[tuple[str, str]] = []
         for i in range(accounts):
-            user_id, account = await ledger.create_user(store, f"bench{i}", password)
-            await ledger.deposit(store, account, DEPOSIT)
+            user_id, account = await admin.create_user(store, f"bench{i}", password)
+            await admin.deposit(store, account, DEPOSIT)
             owners.append((user_id, account))
         pairs = [rng.sample(owners, 2) for _ in range(n)]
         # PostgreSQL takes concurrent acceptances (a pool); SQLite serializes them anyway.
@@ -91,7 +91,10 @@ async def seed(settings: Settings, n: int, accounts: int) -> None:
 
         async def accept(src: tuple[str, str], dst: tuple[str, str]) -> None:
             async with gate:
-                await ledger.accept_transfer(store, src[0], src[1], dst[1], rng.randint(1, 100))
+                order = ledger.Order(src[0], src[1], dst[1], rng.randint(1, 100))
+                await store.transaction(
+                    lambda conn: ledger.accept(conn, order, new_id("tr"), now_us())
+                )
 
         await asyncio.gather(*(accept(src, dst) for src, dst in pairs))
 
@@ -137,13 +140,13 @@ async def run(settings: Settings, case: Case, give_up_s: float, log_dir: Path) -
             seconds = time.perf_counter() - started
         finally:
             stop(procs)
-        first, last = (
-            await store.fetch_one(
-                sa.select(
-                    sa.func.min(transfers.c.settled_at), sa.func.max(transfers.c.settled_at)
-                ).where(transfers.c.memo == "", transfers.c.status != "pending")
-            )
-        ).values()
+        span = await store.fetch_one(
+            sa.select(
+                sa.func.min(transfers.c.settled_at), sa.func.max(transfers.c.settled_at)
+            ).where(transfers.c.memo == "", transfers.c.status != "pending")
+        )
+        assert span is not None
+        first, last = span.values()
         report = await audit(store)
         assert report.ok, report.render()
     window = 0.0 if first is None else (last - first) / 1e6
@@ -171,7 +174,7 @@ async def sqlite_rows(tmp: Path, redis_url: str, args: argparse.Namespace) -> li
     return rows
 
 
-async def admin(server: str, *statements: str) -> None:
+async def pg_admin(server: str, *statements: str) -> None:
     import asyncpg
 
     conn = await asyncpg.connect(server, timeout=3)
@@ -184,7 +187,7 @@ async def admin(server: str, *statements: str) -> None:
 
 async def reachable(server: str) -> bool:
     try:
-        await admin(server, "SELECT 1")
+        await pg_admin(server, "SELECT 1")
     except Exception:
         return False
     return True
@@ -195,14 +198,14 @@ async def postgres_rows(tmp: Path, redis_url: str, args: argparse.Namespace) -> 
     base = server.rsplit("/", 1)[0]
     name = f"settle_bench_{uuid.uuid4().hex[:10]}"
     made = [f"{name}_seed"]
-    await admin(server, f'CREATE DATABASE "{made[0]}"')
+    await pg_admin(server, f'CREATE DATABASE "{made[0]}"')
     try:
         await seed(settings_for(f"{base}/{made[0]}", redis_url, tmp), args.transfers, args.accounts)
         rows = []
         for batch in args.batch_size:
             for workers in args.workers:
                 made.append(f"{name}_b{batch}_w{workers}")
-                await admin(server, f'CREATE DATABASE "{made[-1]}" TEMPLATE "{made[0]}"')
+                await pg_admin(server, f'CREATE DATABASE "{made[-1]}" TEMPLATE "{made[0]}"')
                 case = Case("postgresql", f"{base}/{made[-1]}", batch, workers)
                 rows.append(
                     await run(
@@ -215,7 +218,7 @@ async def postgres_rows(tmp: Path, redis_url: str, args: argparse.Namespace) -> 
                 print(table(rows[-1:], header=False), flush=True)
         return rows
     finally:
-        await admin(server, *(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)' for db in made))
+        await pg_admin(server, *(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)' for db in made))
 
 
 def table(rows: list[Row], header: bool = True) -> str:

@@ -19,10 +19,10 @@ from arq import create_pool
 
 from bench.seed import Seeder
 from bench.stack import Stack, drain, pending
-from server.db import Store
 from server.dispatch import Dispatcher
 from server.redisbox import redis_settings
 from server.schema import transfers
+from server.store import Store
 
 
 async def settle_queued(

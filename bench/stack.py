@@ -23,10 +23,10 @@ import sqlalchemy as sa
 from redis.asyncio import Redis as AsyncRedis
 
 from bench import loadgen
-from server.db import Store
 from server.redisbox import start_redis_server, stop_redis_server
 from server.schema import transfers
 from server.settings import Settings
+from server.store import Store, open_store
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET_KEY = "bench-secret-key"  # noqa: S105 (a throwaway deployment on loopback)
@@ -208,7 +208,7 @@ def transfer_request(host: str, token: str, src: str, dst: str, key: str) -> byt
 
 @contextlib.asynccontextmanager
 async def connected(settings: Settings) -> AsyncIterator[Store]:
-    store = Store(settings)
+    store = open_store(settings)
     await store.connect()
     try:
         yield store

@@ -1,7 +1,8 @@
 """The arq worker: settlement jobs and the sweeper.
 
 The flow of one transfer here: ``settle_transfer`` (enqueued by the web process after the
-acceptance commit) → ``ledger.settle`` (one transaction, group commit) → publish events.
+acceptance commit) → ``transfers.settle`` (one transaction for a batch of due transfers,
+then publish their events).
 """
 
 from __future__ import annotations
@@ -11,22 +12,18 @@ import contextlib
 import logging
 from typing import Any
 
-import sqlalchemy as sa
 from arq import Retry, Worker, cron
 from arq.connections import RedisSettings
 from redis.exceptions import RedisError
 
-from server import faults, ledger
-from server.db import Store, unavailable
+from server import reads, transfers
 from server.dispatch import SETTLE_JOB, Dispatcher
-from server.metrics import SETTLEMENT
 from server.redisbox import redis_settings
-from server.schema import now_us, transfers
+from server.schema import now_us
 from server.settings import Settings
+from server.store import Store, open_store, unavailable
 
 log = logging.getLogger("settle.worker")
-
-_STATUS = sa.select(transfers.c.status).where(transfers.c.id == sa.bindparam("tid"))
 
 RESTART_PAUSE_S = 0.2
 
@@ -34,7 +31,7 @@ RESTART_PAUSE_S = 0.2
 async def startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx["settings"]
     if "store" not in ctx:
-        store = Store(settings)
+        store = open_store(settings)
         await store.connect()
         ctx["store"], ctx["own_store"] = store, True
     ctx["dispatch"] = Dispatcher(ctx["redis"], settings)
@@ -52,26 +49,18 @@ async def settle_transfer(ctx: dict[str, Any], transfer_id: str) -> int:
     in its batch, settles nothing. Returns how many transfers this run settled.
     """
     settings: Settings = ctx["settings"]
-    ready_before = now_us() - settings.settle_delay_ms * 1000 + 1
+    store: Store = ctx["store"]
     try:
-        events = await ledger.settle(
-            ctx["store"],
-            transfer_id,
-            settings.settle_batch_size,
-            ready_before,
-            before_commit=lambda: faults.crash_at(settings, "settle-before-commit"),
-        )
+        events = await transfers.settle(store, ctx["dispatch"], settings, transfer_id)
     except Exception as exc:
         if unavailable(exc):  # the database is down or restarting: nothing was written
             raise Retry(defer=0.5) from exc
         raise
-    await ctx["dispatch"].publish(events)
-    record(events)
     settled = len(events) // 2
     if settled:
         log.info("settled %d transfers (job for %s)", settled, transfer_id)
-    if transfer_id not in {e.message["transfer"]["id"] for e in events}:
-        if await ctx["store"].fetch_val(_STATUS, {"tid": transfer_id}) == "pending":
+    if transfer_id not in {e.transfer_id for e in events}:
+        if await reads.transfer_status(store, transfer_id) == "pending":
             # Another settlement transaction was running (PostgreSQL): try again shortly;
             # that one has likely settled this transfer in its batch by then.
             raise Retry(defer=0.05)
@@ -90,23 +79,15 @@ async def sweep(ctx: dict[str, Any]) -> int:
     settings: Settings = ctx["settings"]
     store: Store = ctx["store"]
     due = now_us() - (settings.settle_delay_ms + settings.sweep_after_ms) * 1000
-    stuck = await ledger.pending_older_than(store, due)
+    stuck = await reads.pending_older_than(store, due)
     if not stuck:
         return 0
     log.warning("sweeper: re-enqueueing %d pending transfers", len(stuck))
     await ctx["dispatch"].enqueue_settlement(stuck)
     very_late = now_us() - (settings.settle_delay_ms + 3 * settings.sweep_after_ms) * 1000
-    for transfer_id in await ledger.pending_older_than(store, very_late):
-        events = await ledger.settle(store, transfer_id, 1, 0)
-        await ctx["dispatch"].publish(events)
-        record(events)
+    for transfer_id in await reads.pending_older_than(store, very_late):
+        await transfers.settle(store, ctx["dispatch"], settings, transfer_id, 1, 0)
     return len(stuck)
-
-
-def record(events: list[ledger.Event]) -> None:
-    """Metrics and one log line for each transfer these settlement events finished."""
-    finished = {e.message["transfer"]["id"]: e.message["transfer"] for e in events}
-    SETTLEMENT.record(list(finished.values()))
 
 
 def create_worker(

@@ -13,8 +13,9 @@ import sqlalchemy as sa
 from starlette.requests import HTTPConnection
 
 from server import errors, sessions
-from server.db import Store, findable
 from server.schema import api_tokens, now_us, users
+from server.services import services
+from server.store import Store, findable
 
 # scrypt cost: n=2**14, r=8 takes ~50 ms and 16 MiB per hash; tune up, never down.
 # Each hash records its own parameters, so raising the cost keeps old hashes valid.
@@ -64,11 +65,14 @@ def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+_CREDENTIALS = sa.select(users.c.id, users.c.password_hash).where(
+    users.c.username == sa.bindparam("name")
+)
+
+
 async def check_credentials(store: Store, username: str, password: str) -> str:
     """Return the user id for a correct username and password, else raise Unauthorized."""
-    row = await store.fetch_one(
-        sa.select(users.c.id, users.c.password_hash).where(users.c.username == findable(username))
-    )
+    row = await store.fetch_one(_CREDENTIALS, {"name": findable(username)})
     stored = row["password_hash"] if row is not None else _DUMMY_HASH
     if not verify_password(password, stored) or row is None:
         raise errors.Unauthorized("wrong username or password")
@@ -78,15 +82,13 @@ async def check_credentials(store: Store, username: str, password: str) -> str:
 async def issue_token(store: Store, user_id: str, ttl_s: int) -> str:
     token = "stl_" + secrets.token_urlsafe(32)
     at = now_us()
-    async with store.write() as conn:
-        await conn.execute(
-            api_tokens.insert().values(
-                token_hash=token_digest(token),
-                user_id=user_id,
-                created_at=at,
-                expires_at=at + ttl_s * 1_000_000,
-            )
-        )
+    row = {
+        "token_hash": token_digest(token),
+        "user_id": user_id,
+        "created_at": at,
+        "expires_at": at + ttl_s * 1_000_000,
+    }
+    await store.transaction(lambda conn: conn.execute(api_tokens.insert().values(**row)))
     return token
 
 
@@ -110,12 +112,12 @@ async def user_for_token(store: Store, token: str) -> tuple[str, str] | None:
 
 
 async def revoke_token(store: Store, token: str) -> None:
-    async with store.write() as conn:
-        await conn.execute(
-            api_tokens.update()
-            .where(api_tokens.c.token_hash == token_digest(token))
-            .values(revoked_at=now_us())
-        )
+    revoke = (
+        api_tokens.update()
+        .where(api_tokens.c.token_hash == token_digest(token))
+        .values(revoked_at=now_us())
+    )
+    await store.transaction(lambda conn: conn.execute(revoke))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,7 +141,7 @@ def bearer_token(conn: HTTPConnection) -> str | None:
 async def authenticate(conn: HTTPConnection) -> User | None:
     """The user behind an HTTP request or WebSocket: bearer token first, then the
     browser session cookie. None if neither is present and valid."""
-    store: Store = conn.state.store
+    store = services(conn).store
     token = bearer_token(conn)
     if token is not None:
         found = await user_for_token(store, token)

@@ -14,12 +14,12 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import TYPE_CHECKING, Any
 
-from server import auth, errors, ledger
+from server import admin, auth, errors
 from server.audit import audit
-from server.db import Store, create_schema
 from server.money import parse_amount
 from server.redisbox import bundled_redis
 from server.settings import LOG_FORMAT, ConfigError, Settings
+from server.store import Store, create_schema, open_store
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -43,7 +43,7 @@ def resolved(settings: Settings) -> Iterator[Settings]:
 
 
 async def with_store(settings: Settings, fn: Callable[[Store], Awaitable[Any]]) -> Any:
-    store = Store(settings)
+    store = open_store(settings)
     await store.connect()
     try:
         await create_schema(store)
@@ -62,9 +62,9 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _create_user(store: Store, name: str, password: str, deposit: int | None) -> str:
-    _, account_id = await ledger.create_user(store, name, auth.hash_password(password))
+    _, account_id = await admin.create_user(store, name, auth.hash_password(password))
     if deposit:
-        await ledger.deposit(store, account_id, deposit)
+        await admin.deposit(store, account_id, deposit)
     return account_id
 
 
@@ -79,7 +79,7 @@ def cmd_user_create(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_account_status(settings: Settings, args: argparse.Namespace) -> int:
     status = "frozen" if args.action == "freeze" else "active"
-    asyncio.run(with_store(settings, lambda s: ledger.set_status(s, args.id, status)))
+    asyncio.run(with_store(settings, lambda s: admin.set_status(s, args.id, status)))
     print(f"account {args.id} is now {status}")
     return 0
 
@@ -113,7 +113,7 @@ def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_web(settings: Settings, args: argparse.Namespace) -> int:
     with resolved(settings) as s:
         asyncio.run(with_store(s, lambda store: asyncio.sleep(0)))
-        serve("server.cli:web_app", s, args.workers)
+        serve("server.cli:web_app", s, args.workers or s.web_concurrency)
     return 0
 
 
@@ -185,7 +185,7 @@ async def _work(settings: Settings) -> None:
     """
     from jobs.worker import run_worker
 
-    store = Store(settings)
+    store = open_store(settings)
     await store.connect()
     if settings.metrics_port:
         from prometheus_client import start_http_server
@@ -218,7 +218,7 @@ async def _run_all(settings: Settings) -> None:
     from server.app import create_app
 
     assert settings.redis_url is not None
-    store = Store(settings)
+    store = open_store(settings)
     await store.connect()
     await create_schema(store)
     users = await store.fetch_all("SELECT username FROM users WHERE username != 'bank'")
@@ -264,7 +264,7 @@ def parser() -> argparse.ArgumentParser:
         fn=cmd_run
     )
     web = sub.add_parser("web", help="the web server (HTTP API, pages, WebSocket)")
-    web.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "1")))
+    web.add_argument("--workers", type=int, help="uvicorn worker processes (WEB_CONCURRENCY)")
     web.set_defaults(fn=cmd_web)
     sub.add_parser("worker", help="the arq worker that settles transfers").set_defaults(
         fn=cmd_worker

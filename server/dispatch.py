@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from arq.connections import ArqRedis
 from redis.exceptions import RedisError
 
-from server.ledger import Event
+from server.events import Event
 from server.settings import Settings
 
 log = logging.getLogger("settle.dispatch")
@@ -33,6 +33,8 @@ def channel(settings: Settings, account_id: str) -> str:
 
 
 class Dispatcher:
+    """Redis work that follows a commit: settlement jobs and published events."""
+
     def __init__(self, redis: ArqRedis, settings: Settings) -> None:
         self.redis = redis
         self.settings = settings
@@ -57,7 +59,7 @@ class Dispatcher:
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for event in events:
-                    pipe.publish(channel(self.settings, event.account_id), event.to_json())
+                    pipe.publish(channel(self.settings, event.account_id), event.payload)
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             log.warning(

@@ -1,7 +1,10 @@
-"""Named domain exceptions. They are rendered in one place (``server.app``) as the
-spec's JSON error, so the rest of the code raises and never builds responses."""
+"""Named domain exceptions. They are rendered in one place (``server.responses``) as the
+spec's JSON error or an HTML page or fragment, so the rest of the code raises and never
+builds error responses. An exception is never changed once raised."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 
 class SettleError(Exception):
@@ -10,10 +13,17 @@ class SettleError(Exception):
     status = 400
     code = "bad_request"
 
-    def __init__(self, message: str, field: str | None = None) -> None:
+    def __init__(
+        self, message: str, field: str | None = None, headers: Mapping[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.field = field
+        self._headers = dict(headers or {})
+
+    def headers(self) -> dict[str, str]:
+        """The response headers this refusal comes with."""
+        return dict(self._headers)
 
     def to_dict(self) -> dict[str, object]:
         error: dict[str, object] = {"code": self.code, "message": self.message}
@@ -41,9 +51,24 @@ class PayloadTooLarge(SettleError):
 class Unauthorized(SettleError):
     status, code = 401, "unauthorized"
 
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer", **super().headers()}  # RFC 6750
+
 
 class NotFound(SettleError):
     status, code = 404, "not_found"
+
+
+class MethodNotAllowed(SettleError):
+    status, code = 405, "method_not_allowed"
+
+
+class HTTPError(SettleError):
+    """Any other status the HTTP layer answers on its own."""
+
+    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message, headers=headers)
+        self.status = status
 
 
 class AccountNotFound(SettleError):
@@ -82,9 +107,17 @@ class RateLimited(SettleError):
     status, code = 429, "rate_limited"
 
     def __init__(self, message: str, retry_after: int) -> None:
-        super().__init__(message)
+        super().__init__(message, headers={"Retry-After": str(retry_after)})
         self.retry_after = retry_after
+
+
+class CsrfFailed(SettleError):
+    status, code = 403, "csrf_failed"
 
 
 class ServiceUnavailable(SettleError):
     status, code = 503, "service_unavailable"
+
+
+class InternalError(SettleError):
+    status, code = 500, "internal_error"

@@ -16,7 +16,7 @@ import jinja2
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
-from server.auth import User
+from server.events import TRANSFER_TYPES
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
@@ -40,7 +40,6 @@ SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£"}
 REASONS = {
     "account_frozen": "the recipient's account is frozen",
 }
-RenderContent = Callable[[dict[str, Any], User], str]
 
 
 def money(amount: str | None, currency: str = "USD") -> str:
@@ -111,7 +110,14 @@ def render(request: Request, name: str, status_code: int = 200, **context: Any) 
     default to None, for the base template)."""
     context.setdefault("session", None)
     context.setdefault("note", None)
-    return page(request.state.templates, name, context, status_code)
+    return page(templates(request), name, context, status_code)
+
+
+def templates(request: Request) -> jinja2.Environment:
+    """The app's template environment."""
+    from server.services import services
+
+    return services(request).templates
 
 
 def change_note(kind: str, transfer: Mapping[str, Any], account_id: str) -> dict[str, str]:
@@ -165,39 +171,13 @@ def event_fragments(
     )
 
 
-def snapshot_fragments(env: jinja2.Environment, message: Mapping[str, Any]) -> str:
-    """After a gap too long to replay: the balance card from the snapshot, and a history
-    list that reloads itself from the server."""
-    account_id = str(message["account"])
-    state = message.get("account_state") or {}
-    parts = []
-    if "balance" in message:
-        parts.append(
-            env.get_template("_balance.html").render(
-                account_id=account_id,
-                currency=state.get("currency", "USD"),
-                balance=message["balance"],
-                seq=message["seq"],
-                note=None,
-                oob=True,
-            )
-        )
-    parts.append(env.get_template("_history_reload.html").render(account_id=account_id))
-    parts.append(
-        env.get_template("_announce.html").render(text="Back online: up to date.", oob=True)
-    )
-    return "".join(parts)
+def content_renderer(env: jinja2.Environment) -> Callable[[dict[str, Any]], str]:
+    """The ``content`` of a stream message for htmx pages: the fragments that repaint the
+    account's page for that event (the hub renders it once per event)."""
 
-
-def content_renderer(env: jinja2.Environment) -> RenderContent:
-    """``render_content(message, user)`` for the WebSocket stream's htmx subscribers."""
-
-    def render_content(message: dict[str, Any], user: User) -> str:
-        kind = message.get("type", "")
-        if kind.startswith("transfer.") and "transfer" in message:
+    def render_content(message: dict[str, Any]) -> str:
+        if message.get("type") in TRANSFER_TYPES and "transfer" in message:
             return event_fragments(env, message)
-        if kind == "snapshot":
-            return snapshot_fragments(env, message)
         return ""
 
     return render_content

@@ -17,18 +17,18 @@ import contextlib
 import dataclasses
 import logging
 import random
+from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import orjson
-import sqlalchemy as sa
 from prometheus_client import Histogram
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from server import ledger, metrics
-from server.db import Store
-from server.schema import account_events, accounts
+from server import events, metrics, reads
 from server.settings import Settings
+from server.store import Store
 
 log = logging.getLogger("settle.hub")
 
@@ -41,23 +41,29 @@ class Outgoing:
     text: str
     is_event: bool = True
 
-    def message(self) -> dict[str, Any]:
-        data: dict[str, Any] = orjson.loads(self.text)
-        return data
-
 
 # Put in a subscription's queue after a Redis reconnect: "events may have been lost".
 RESYNC = Outgoing(seq=-1, text="", is_event=False)
+# Rendered HTML ``content`` kept for this many recent events: live fan-out and the
+# replays of sockets resuming at once all reuse one rendering.
+CONTENT_CACHE = 2048
+
+# The htmx pages' fragments for one message (``server.fragments.content_renderer``).
+RenderContent = Callable[[dict[str, Any]], str]
 
 
 class Subscription:
     """One socket's view of one account: a bounded inbox plus the last seq it was sent."""
 
-    def __init__(self, hub: Hub, account_id: str, owner: str, since: int, size: int) -> None:
+    def __init__(
+        self, hub: Hub, account_id: str, owner: str, since: int, size: int, fragments: bool
+    ) -> None:
         self.hub = hub
         self.account_id = account_id
         self.owner = owner
         self.last_seq = since
+        # htmx pages: every message also carries its HTML ``content``.
+        self.fragments = fragments
         self.queue: asyncio.Queue[Outgoing] = asyncio.Queue(maxsize=size)
         # Set by the fan-out when the inbox overflows; the socket's owner closes with 1013.
         self.overflowed = asyncio.Event()
@@ -89,45 +95,38 @@ class Subscription:
     async def catch_up(self) -> list[Outgoing]:
         """Every logged event after ``last_seq``, or one snapshot if there are too many
         (or if the client claims a seq the account never reached)."""
-        store, cap = self.hub.store, self.hub.settings.replay_cap
-        row = await store.fetch_one(sa.select(accounts).where(accounts.c.id == self.account_id))
+        cap = self.hub.settings.replay_cap
+        backlog = await reads.backlog(self.hub.store, self.account_id, self.last_seq, cap)
+        row = backlog.account
         if row is None or row["seq"] == self.last_seq:
             return []
         if row["seq"] - self.last_seq > cap or row["seq"] < self.last_seq:
             self.last_seq = row["seq"]
-            return [snapshot(row, self.owner)]
-        rows = await store.fetch_all(
-            sa.select(account_events.c.seq, account_events.c.payload)
-            .where(
-                account_events.c.account_id == self.account_id,
-                account_events.c.seq > self.last_seq,
-            )
-            .order_by(account_events.c.seq)
-        )
-        out = [Outgoing(r["seq"], r["payload"]) for r in rows]
+            return [Outgoing(row["seq"], events.snapshot(row, self.owner).decode(), False)]
+        out = [Outgoing(r["seq"], r["payload"]) for r in backlog.events]
         if out:
             self.last_seq = out[-1].seq
         return out
 
-
-def snapshot(row: Any, owner: str) -> Outgoing:
-    """The whole account as one message, sent instead of a replay that is too long."""
-    message = {
-        "type": "snapshot",
-        "account": row["id"],
-        "seq": row["seq"],
-        "account_state": ledger.account_of(row, owner),
-        "balance": ledger.balance_of(row),
-    }
-    return Outgoing(row["seq"], orjson.dumps(message).decode(), is_event=False)
+    def encode(self, item: Outgoing) -> str:
+        """The text this socket is sent for ``item``."""
+        return self.hub.with_content(self.account_id, item) if self.fragments else item.text
 
 
 class Hub:
     """The process's one Redis subscription and the sockets' subscriptions, by account."""
 
-    def __init__(self, settings: Settings, store: Store, lag: Histogram | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        lag: Histogram | None = None,
+        render: RenderContent | None = None,
+    ) -> None:
         assert settings.redis_url is not None
         self.lag = lag
+        self.render = render
+        self._content: OrderedDict[tuple[str, int], str] = OrderedDict()
         self.settings = settings
         self.store = store
         self.queue_size = settings.ws_queue_size
@@ -151,9 +150,11 @@ class Hub:
                 await self._task
             self._task = None
 
-    def subscribe(self, account_id: str, owner: str, since: int) -> Subscription:
+    def subscribe(
+        self, account_id: str, owner: str, since: int, fragments: bool = False
+    ) -> Subscription:
         """Register before replaying, so no live event falls between replay and live."""
-        sub = Subscription(self, account_id, owner, since, self.queue_size)
+        sub = Subscription(self, account_id, owner, since, self.queue_size, fragments)
         self._subs.setdefault(account_id, set()).add(sub)
         return sub
 
@@ -168,20 +169,35 @@ class Hub:
     def subscriber_count(self) -> int:
         return sum(len(s) for s in self._subs.values())
 
+    def with_content(self, account_id: str, item: Outgoing) -> str:
+        """``item`` with its HTML ``content`` added: rendered once per event, whatever
+        the number of sockets (live or replaying) that send it."""
+        if self.render is None or not item.is_event:
+            return item.text  # a snapshot: the page reloads its history instead
+        key = (account_id, item.seq)
+        text = self._content.get(key)
+        if text is None:
+            message = events.decode(item.text)
+            if message is None:
+                return item.text
+            message["content"] = self.render(message)
+            text = self._content[key] = orjson.dumps(message).decode()
+            if len(self._content) > CONTENT_CACHE:
+                self._content.popitem(last=False)
+        return text
+
     def fan_out(self, account_id: str, data: bytes) -> None:
         """Hand one published event to every subscription of its account, at once."""
         subs = self._subs.get(account_id)
         if not subs:
             return
-        try:
-            message = orjson.loads(data)
-            seq = int(message["seq"])
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        message = events.decode(data)
+        if message is None:
             log.warning("ignoring a malformed event on %s", account_id)
             return
         if self.lag is not None and (age := metrics.event_age_s(message)) is not None:
             self.lag.observe(max(age, 0.0))
-        item = Outgoing(seq, data.decode())
+        item = Outgoing(message["seq"], data.decode())
         for sub in list(subs):
             sub.offer(item)
 

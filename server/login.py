@@ -10,6 +10,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from server import auth, errors, fragments, sessions
+from server.services import services
 
 
 async def home(request: Request) -> Response:
@@ -59,7 +60,8 @@ async def login(request: Request) -> Response:
         response = _login_page(request, "Too many failed attempts. Wait a few minutes.", 429)
         response.headers["Retry-After"] = str(exc.retry_after)
         return response
-    store, settings = request.state.store, request.state.settings
+    app = services(request)
+    store, settings = app.store, app.settings
     try:
         user_id = await auth.check_credentials(store, username, password)
     except errors.Unauthorized:
@@ -80,8 +82,8 @@ async def login(request: Request) -> Response:
 async def logout(request: Request) -> Response:
     session = await sessions.require(request)
     sessions.check_csrf(request, session.csrf_token, await request.form())
-    store, settings = request.state.store, request.state.settings
-    await sessions.delete(store, settings, request.cookies[sessions.COOKIE])
+    app = services(request)
+    await sessions.delete(app.store, app.settings, request.cookies[sessions.COOKIE])
     response = RedirectResponse("/login", status_code=303)
     sessions.clear_cookie(response, sessions.COOKIE)
     return response

@@ -11,18 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-import sqlalchemy as sa
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.requests import Request
-from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-from server.schema import transfers
 
 log = logging.getLogger("settle.request")
 settle_log = logging.getLogger("settle.settlement")
@@ -85,7 +80,7 @@ class SettlementMetrics:
             registry=r,
         )
 
-    def record(self, finished: Sequence[dict[str, Any]]) -> None:
+    def record(self, finished: Iterable[Mapping[str, Any]]) -> None:
         """Count and log transfers a settlement just committed (``transfer_of`` dicts)."""
         for transfer in finished:
             self.settled.labels(transfer["status"]).inc()
@@ -113,15 +108,12 @@ async def probe_loop_lag(histogram: Histogram, every_s: float = LAG_PROBE_S) -> 
         histogram.observe(max(loop.time() - start - every_s, 0.0))
 
 
-def note(request: Request, transfer_id: str, change: str | None = None) -> None:
-    """Name the transfer a request concerns (for its log line), and count what it did:
-    ``"accepted"`` (a new transfer, not a replay) or ``"cancelled"``."""
+def note(request: Request, transfer_id: str, accepted: bool = False) -> None:
+    """Name the transfer a request concerns (for its log line); ``accepted``: it
+    accepted a new one (not a replay), so its time counts as an acceptance."""
     request.state.transfer_id = transfer_id
-    if change == "accepted":
+    if accepted:
         request.state.accepted = True
-    elif change == "cancelled":
-        m: Metrics = request.state.metrics
-        m.cancelled.inc()
 
 
 def event_age_s(message: dict[str, Any]) -> float | None:
@@ -134,23 +126,6 @@ def event_age_s(message: dict[str, Any]) -> float | None:
         return time.time() - datetime.fromisoformat(at).timestamp()
     except ValueError:
         return None
-
-
-async def endpoint(request: Request) -> Response:
-    m: Metrics = request.state.metrics
-    settings = request.state.settings
-    # Point-in-time gauges, read at scrape; a backing service being down leaves them stale.
-    try:
-        m.pending.set(
-            await request.state.store.fetch_val(
-                sa.select(sa.func.count()).where(transfers.c.status == "pending")
-            )
-        )
-        m.queue_depth.set(await request.state.redis.zcard(settings.queue_name))
-    except Exception as exc:
-        log.warning("metrics gauges not refreshed: %r", exc)
-    body = generate_latest(m.registry) + generate_latest(SETTLEMENT.registry)
-    return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
 class Observe:
@@ -180,10 +155,9 @@ class Observe:
         finally:
             elapsed = time.perf_counter() - start
             state = scope.get("state", {})
-            metrics: Metrics | None = state.get("metrics")
-            if metrics is not None and state.get("accepted"):
-                metrics.accepted.inc()
-                metrics.accept_seconds.observe(elapsed)
+            app = state.get("services")
+            if app is not None and state.get("accepted"):
+                app.metrics.accept_seconds.observe(elapsed)
             transfer = state.get("transfer_id")
             log.info(
                 "request method=%s path=%s status=%d ms=%.1f%s",

@@ -11,7 +11,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from server.api import MAX_BODY, MAX_MEMO, MAX_PAGE, JSONResponse
+from server.api import MAX_BODY, MAX_MEMO, MAX_PAGE
+from server.responses import JSONResponse
 
 _money = {"type": "string", "pattern": r"^-?[0-9]+\.[0-9]{2}$", "examples": ["12.34"]}
 _nullable_str = {"type": ["string", "null"]}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -117,8 +116,3 @@ def stop_redis_server(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-def env_with_redis(url: str) -> dict[str, str]:
-    """The environment for a child process that must use this Redis."""
-    return {**os.environ, "REDIS_URL": url}

@@ -20,9 +20,10 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
 from server import errors
-from server.db import Store
 from server.schema import now_us, sessions, users
+from server.services import services
 from server.settings import Settings
+from server.store import Store
 
 COOKIE = "settle_session"
 # Before login there is no session row: the login form is protected by a double-submit
@@ -57,32 +58,37 @@ def _digest(settings: Settings, token: str) -> str:
 async def create(store: Store, settings: Settings, user_id: str) -> tuple[str, str]:
     """A new session for ``user_id``: (cookie value, csrf token)."""
     token, csrf, at = secrets.token_urlsafe(32), secrets.token_urlsafe(32), now_us()
-    async with store.write() as conn:
-        await conn.execute(
-            sessions.insert().values(
-                id_hash=_digest(settings, token),
-                user_id=user_id,
-                csrf_token=csrf,
-                created_at=at,
-                expires_at=at + SESSION_TTL_S * 1_000_000,
-            )
-        )
+    row = {
+        "id_hash": _digest(settings, token),
+        "user_id": user_id,
+        "csrf_token": csrf,
+        "created_at": at,
+        "expires_at": at + SESSION_TTL_S * 1_000_000,
+    }
+    await store.transaction(lambda conn: conn.execute(sessions.insert().values(**row)))
     return token, csrf
 
 
 async def delete(store: Store, settings: Settings, token: str) -> None:
-    async with store.write() as conn:
-        await conn.execute(sessions.delete().where(sessions.c.id_hash == _digest(settings, token)))
+    digest = _digest(settings, token)
+    await store.transaction(
+        lambda conn: conn.execute(sessions.delete().where(sessions.c.id_hash == digest))
+    )
+
+
+_SESSION = (
+    sa.select(users.c.id, users.c.username, sessions.c.csrf_token)
+    .join(sessions, sessions.c.user_id == users.c.id)
+    .where(
+        sessions.c.id_hash == sa.bindparam("digest"), sessions.c.expires_at > sa.bindparam("now")
+    )
+)
 
 
 async def lookup(store: Store, settings: Settings, token: str) -> Session | None:
     if not token or len(token) > 128:
         return None
-    row = await store.fetch_one(
-        sa.select(users.c.id, users.c.username, sessions.c.csrf_token)
-        .join(sessions, sessions.c.user_id == users.c.id)
-        .where(sessions.c.id_hash == _digest(settings, token), sessions.c.expires_at > now_us())
-    )
+    row = await store.fetch_one(_SESSION, {"digest": _digest(settings, token), "now": now_us()})
     if row is None:
         return None
     return Session(str(row["id"]), str(row["username"]), str(row["csrf_token"]))
@@ -93,7 +99,8 @@ async def current(conn: HTTPConnection) -> Session | None:
     token = conn.cookies.get(COOKIE)
     if token is None:
         return None
-    return await lookup(conn.state.store, conn.state.settings, token)
+    app = services(conn)
+    return await lookup(app.store, app.settings, token)
 
 
 async def require(request: Request) -> Session:
@@ -121,11 +128,7 @@ def check_csrf(request: Request, expected: str, form: Any) -> None:
     """Raise CsrfFailed unless the form field or header carries ``expected``."""
     given = form.get(CSRF_FIELD) or request.headers.get(CSRF_HEADER)
     if not same_origin(request) or not csrf_matches(expected, given):
-        raise CsrfFailed("the form expired or came from another site; reload the page")
-
-
-class CsrfFailed(errors.SettleError):
-    status, code = 403, "csrf_failed"
+        raise errors.CsrfFailed("the form expired or came from another site; reload the page")
 
 
 def set_cookie(request: Request, response: Response, name: str, value: str, max_age: int) -> None:
@@ -162,11 +165,11 @@ async def check_rate_limit(request: Request, username: str) -> None:
     """Raise RateLimited if this username or address failed to log in too often.
 
     Counted in Redis, so every web process shares the same limit."""
-    redis = request.state.redis
-    for key, limit in _limit_keys(request.state.settings, request, username):
-        failures = await redis.get(key)
+    app = services(request)
+    for key, limit in _limit_keys(app.settings, request, username):
+        failures = await app.redis.get(key)
         if failures is not None and int(failures) >= limit:
-            ttl = await redis.ttl(key)
+            ttl = await app.redis.ttl(key)
             raise errors.RateLimited(
                 "too many failed logins; wait a few minutes and try again",
                 retry_after=max(int(ttl), 1),
@@ -174,13 +177,14 @@ async def check_rate_limit(request: Request, username: str) -> None:
 
 
 async def record_failure(request: Request, username: str) -> None:
-    redis = request.state.redis
-    for key, _ in _limit_keys(request.state.settings, request, username):
+    app = services(request)
+    for key, _ in _limit_keys(app.settings, request, username):
         # The window starts at the first failure (EXPIRE NX needs Redis 7; we run 6.2).
-        if await redis.incr(key) == 1 or await redis.ttl(key) < 0:
-            await redis.expire(key, FAILURE_WINDOW_S)
+        if await app.redis.incr(key) == 1 or await app.redis.ttl(key) < 0:
+            await app.redis.expire(key, FAILURE_WINDOW_S)
 
 
 async def clear_failures(request: Request, username: str) -> None:
-    key, _ = _limit_keys(request.state.settings, request, username)[0]
-    await request.state.redis.delete(key)
+    app = services(request)
+    key, _ = _limit_keys(app.settings, request, username)[0]
+    await app.redis.delete(key)

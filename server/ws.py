@@ -12,26 +12,19 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections.abc import Callable
-from typing import Any
 
-import orjson
-import sqlalchemy as sa
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from server import auth
-from server.hub import Hub, Outgoing, Subscription
-from server.schema import accounts
-from server.settings import Settings
+from server import auth, reads
+from server.events import PING
+from server.hub import Subscription
+from server.services import services
 
 MAX_CLIENT_MESSAGE = 4096
 CLIENT_RATE = 20.0  # messages per second, with a burst of as many
 # How long a close frame may wait behind a slow reader's unread data before we give up
 # on the handshake and let the server drop the connection.
 CLOSE_WAIT_S = 10.0
-PING = '{"type":"ping"}'
-
-RenderContent = Callable[[dict[str, Any], auth.User], str]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,25 +69,29 @@ async def stream(websocket: WebSocket) -> None:
         await _close(websocket, refusal)
         return
     user, account_id, since, start_seq = refusal
-    hub: Hub = websocket.state.hub
-    # Registered before the replay reads the log: live events buffer meanwhile.
-    sub = hub.subscribe(account_id, user.username, start_seq if since is None else since)
+    app = services(websocket)
+    # Registered before the replay reads the log: live events buffer meanwhile. htmx
+    # pages (fragments=1) get each message with its HTML ``content``.
+    sub = app.hub.subscribe(
+        account_id,
+        user.username,
+        start_seq if since is None else since,
+        fragments=websocket.query_params.get("fragments") == "1",
+    )
     try:
         await websocket.accept()
     except BaseException:
-        hub.unsubscribe(sub)
+        app.hub.unsubscribe(sub)
         raise
-    render = _renderer(websocket, user)
-    settings: Settings = websocket.state.settings
     tasks = [
-        asyncio.create_task(_send_loop(websocket, sub, render, settings.ws_ping_s)),
+        asyncio.create_task(_send_loop(websocket, sub, app.settings.ws_ping_s)),
         asyncio.create_task(_receive_loop(websocket)),
         asyncio.create_task(_overflow(sub)),
     ]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        hub.unsubscribe(sub)
+        app.hub.unsubscribe(sub)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -116,37 +113,16 @@ async def _refusal(websocket: WebSocket) -> Close | tuple[auth.User, str, int | 
     except BadQuery as exc:
         return Close(4400, str(exc))
     # "Not yours" and "does not exist" look the same: ids must not be probed.
-    seq = await websocket.state.store.fetch_val(
-        sa.select(accounts.c.seq).where(accounts.c.id == account_id, accounts.c.user_id == user.id)
-    )
+    seq = await reads.owned_account_seq(services(websocket).store, user.id, account_id)
     if seq is None:
         return Close(4403, "forbidden")
-    return user, account_id, since, int(seq)
+    return user, account_id, since, seq
 
 
-def _renderer(websocket: WebSocket, user: auth.User) -> Callable[[Outgoing], str]:
-    """How this socket's messages are encoded: as published, or with an HTML fragment
-    for htmx pages (``fragments=1``) when the app provides ``render_content``."""
-    render: RenderContent | None = getattr(websocket.state, "render_content", None)
-    if websocket.query_params.get("fragments") != "1" or not callable(render):
-        return lambda item: item.text
-
-    def with_content(item: Outgoing) -> str:
-        if not item.is_event:
-            return item.text
-        message = item.message()
-        message["content"] = render(message, user)
-        return orjson.dumps(message).decode()
-
-    return with_content
-
-
-async def _send_loop(
-    websocket: WebSocket, sub: Subscription, render: Callable[[Outgoing], str], ping_s: float
-) -> Close | None:
+async def _send_loop(websocket: WebSocket, sub: Subscription, ping_s: float) -> Close | None:
     try:
         for item in await sub.catch_up():
-            await websocket.send_text(render(item))
+            await websocket.send_text(sub.encode(item))
         while True:
             try:
                 # A timeout scope rather than wait_for: no extra task and loop step per
@@ -158,7 +134,7 @@ async def _send_loop(
                 # A publish lost without a later event to reveal the gap shows up here.
                 batch = await sub.catch_up()
             for item in batch:
-                await websocket.send_text(render(item))
+                await websocket.send_text(sub.encode(item))
     except (WebSocketDisconnect, OSError, RuntimeError):
         return None
 

@@ -20,13 +20,13 @@ import uvicorn
 from arq import Worker
 
 from jobs.worker import create_worker
-from server import auth, ledger
+from server import admin, auth, ledger
 from server.app import create_app
 from server.audit import audit
-from server.db import Store, create_schema
 from server.redisbox import redis_settings, start_redis_server, stop_redis_server
-from server.schema import metadata
+from server.schema import metadata, new_id, now_us
 from server.settings import Settings
+from server.store import Conn, Store, create_schema, open_store
 
 # Cheap scrypt for the many users tests create; the production cost is tested separately.
 auth.set_cost(2**10)
@@ -91,18 +91,43 @@ def settings(tmp_path: Path, redis_url: str, postgres_url: str | None) -> Settin
 
 @pytest.fixture
 async def store(settings: Settings) -> AsyncIterator[Store]:
-    s = Store(settings)
+    s = open_store(settings)
     await s.connect()
     await create_schema(s)
     if not s.is_sqlite:  # one database per run: each test starts from empty tables
         tables = ", ".join(t.name for t in metadata.sorted_tables)
-        await s.db.execute(f"TRUNCATE {tables} CASCADE")
+        await execute(s, f"TRUNCATE {tables} CASCADE")
     try:
         yield s
         report = await audit(s)
         assert report.ok, "ledger invariants violated after the test:\n" + report.render()
     finally:
         await s.disconnect()
+
+
+async def execute(store: Store, *statements: Any) -> None:
+    """Run statements (SQL text or SQLAlchemy) in one write transaction."""
+
+    async def body(conn: Conn) -> None:
+        for statement in statements:
+            await conn.execute(statement)
+
+    await store.transaction(body)
+
+
+async def accept(
+    store: Store,
+    user_id: str,
+    from_account: str,
+    to_account: str,
+    amount: int,
+    memo: str = "",
+    key: str | None = None,
+) -> ledger.Accepted:
+    """Accept a transfer straight through the ledger: committed, but nothing enqueued
+    or published (as if the web process died right after the commit)."""
+    order = ledger.Order(user_id, from_account, to_account, amount, memo, key)
+    return await store.transaction(lambda conn: ledger.accept(conn, order, new_id("tr"), now_us()))
 
 
 @dataclasses.dataclass
@@ -128,13 +153,13 @@ class Stack:
 
     async def customer(self, deposit: str = "100.00", name: str | None = None) -> Customer:
         username = name or f"user{uuid.uuid4().hex[:8]}"
-        user_id, account = await ledger.create_user(
+        user_id, account = await admin.create_user(
             self.store, username, auth.hash_password("pw-" + username)
         )
         if deposit != "0":
             from server.money import parse_amount
 
-            await ledger.deposit(self.store, account, parse_amount(deposit))
+            await admin.deposit(self.store, account, parse_amount(deposit))
         token = await auth.issue_token(self.store, user_id, 3600)
         return Customer(username, user_id, account, token)
 

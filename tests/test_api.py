@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from server import ledger, sessions
-from server.db import Store
+from server import admin, sessions
 from server.settings import Settings
-from tests.conftest import Customer, Stack
+from server.store import Store
+from tests.conftest import Customer, Stack, execute
 from tests.test_live import recv, seq_of, server_stack, subscribe
 from tests.test_sessions import browser, login
 
@@ -154,7 +154,7 @@ async def test_malformed_bodies(stack: Stack, content: bytes, code: str) -> None
 
 async def test_frozen_accounts_refuse_transfers(stack: Stack) -> None:
     alice, bob = await stack.customer("10.00"), await stack.customer("10.00")
-    await ledger.set_status(stack.store, bob.account, "frozen")
+    await admin.set_status(stack.store, bob.account, "frozen")
     before = await snapshot(stack)
     into = await stack.transfer(alice, bob.account, "1.00")
     out_of = await stack.transfer(bob, alice.account, "1.00")
@@ -286,10 +286,14 @@ async def test_history_pages_through_sent_and_received_in_exact_order(stack: Sta
     # id and some page boundaries fall inside a tie; the deposits keep their earlier times.
     mine = f"('{alice.account}', '{bob.account}', '{carol.account}')"
     sent = await stack.store.fetch_all(f"SELECT id FROM transfers WHERE from_account IN {mine}")
-    async with stack.store.write() as conn:
-        for i, row in enumerate(sorted(r["id"] for r in sent)):
-            at = 2 * 10**15 + (i * 7 % len(sent)) // 3
-            await conn.execute(f"UPDATE transfers SET created_at = {at} WHERE id = '{row}'")
+    await execute(
+        stack.store,
+        *(
+            f"UPDATE transfers SET created_at = {2 * 10**15 + (i * 7 % len(sent)) // 3}"
+            f" WHERE id = '{row}'"
+            for i, row in enumerate(sorted(r["id"] for r in sent))
+        ),
+    )
     rows = await stack.store.fetch_all(
         "SELECT id, from_account, to_account, created_at FROM transfers"
         f" WHERE from_account = '{alice.account}' OR to_account = '{alice.account}'"

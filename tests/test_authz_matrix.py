@@ -13,7 +13,7 @@ from websockets.asyncio.client import connect
 
 from server import auth
 from server.schema import api_tokens, sessions
-from tests.conftest import Customer, Stack
+from tests.conftest import Customer, Stack, execute
 from tests.test_live import close_code, recv, ws_url
 from tests.test_sessions import attempt, browser, csrf_of, login
 
@@ -74,12 +74,12 @@ async def token_for(stack: Stack, w: World, who: str) -> dict[str, str]:
             return {"Authorization": "Bearer not-it"}
         case "expired":
             token = await auth.issue_token(stack.store, w.owner.user_id, 3600)
-            async with stack.store.write() as conn:
-                await conn.execute(
-                    api_tokens.update()
-                    .where(api_tokens.c.token_hash == auth.token_digest(token))
-                    .values(expires_at=1)
-                )
+            await execute(
+                stack.store,
+                api_tokens.update()
+                .where(api_tokens.c.token_hash == auth.token_digest(token))
+                .values(expires_at=1),
+            )
             return {"Authorization": f"Bearer {token}"}
         case "revoked":
             token = await auth.issue_token(stack.store, w.owner.user_id, 3600)
@@ -145,12 +145,10 @@ async def session_for(stack: Stack, w: World, who: str, client: httpx.AsyncClien
             return csrf_of(r.text)
         case "expired":
             csrf = await login(client, w.owner)
-            async with stack.store.write() as conn:
-                await conn.execute(
-                    sessions.update()
-                    .where(sessions.c.user_id == w.owner.user_id)
-                    .values(expires_at=1)
-                )
+            await execute(
+                stack.store,
+                sessions.update().where(sessions.c.user_id == w.owner.user_id).values(expires_at=1),
+            )
             return csrf
         case "revoked":  # logged out: the old cookie must not work again
             csrf = await login(client, w.owner)

@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from server.settings import Settings
-from tests.conftest import Stack, settings_env
+from tests.conftest import Stack, execute, settings_env
 
 
 def settle(settings: Settings, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -46,21 +46,19 @@ async def test_audit_reports_each_broken_invariant_and_exits_1(stack: Stack) -> 
         f"UPDATE accounts SET pending_credits = 5 WHERE id = '{bob.account}'",
         f"DELETE FROM account_events WHERE account_id = '{bob.account}' AND seq = 1",
     ]
-    async with stack.store.write() as conn:
-        for sql in tamper:
-            await conn.execute(sql)
+    await execute(stack.store, *tamper)
     audit = settle(stack.settings, "audit")
     assert audit.returncode == 1
     for line in ("FAIL 1.", "FAIL 3.", "FAIL 6.", "ok   2.", "ok   4.", "ok   5."):
         assert line in audit.stdout, audit.stdout
     assert "LEDGER INVARIANTS VIOLATED" in audit.stdout
-    async with stack.store.write() as conn:  # restore, so the fixture's audit passes
-        await conn.execute(f"UPDATE accounts SET posted = posted - 1 WHERE id = '{alice.account}'")
-        await conn.execute(f"UPDATE accounts SET pending_credits = 0 WHERE id = '{bob.account}'")
-        await conn.execute(
-            "INSERT INTO account_events (account_id, seq, type, payload, created_at) "
-            f"VALUES ('{bob.account}', 1, 'transfer.completed', '{{}}', 0)"
-        )
+    await execute(  # restore, so the fixture's audit passes
+        stack.store,
+        f"UPDATE accounts SET posted = posted - 1 WHERE id = '{alice.account}'",
+        f"UPDATE accounts SET pending_credits = 0 WHERE id = '{bob.account}'",
+        "INSERT INTO account_events (account_id, seq, type, payload, created_at) "
+        f"VALUES ('{bob.account}', 1, 'transfer.completed', '{{}}', 0)",
+    )
 
 
 async def test_freeze_and_unfreeze(stack: Stack) -> None:

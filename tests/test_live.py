@@ -15,12 +15,12 @@ from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from server import ledger
 from server.app import create_app
-from server.db import Store
 from server.dispatch import channel
+from server.events import Event
 from server.settings import Settings
-from tests.conftest import Customer, Stack, serve
+from server.store import Store
+from tests.conftest import Customer, Stack, accept, serve
 
 TIMEOUT = 10.0  # under the 15 s heartbeat: live events must come from the hub
 
@@ -73,7 +73,7 @@ async def server_stack(
         yield Stack(changed, store, url, client)
 
 
-Publish = Callable[[Sequence[ledger.Event]], Awaitable[None]]
+Publish = Callable[[Sequence[Event]], Awaitable[None]]
 
 
 @contextlib.asynccontextmanager
@@ -81,9 +81,9 @@ async def publisher(settings: Settings) -> AsyncIterator[Publish]:
     """Publish chosen events on Redis exactly as the dispatcher does after a commit."""
     client = Redis.from_url(settings.redis_url or "")
 
-    async def publish(events: Sequence[ledger.Event]) -> None:
+    async def publish(events: Sequence[Event]) -> None:
         for event in events:
-            await client.publish(channel(settings, event.account_id), event.to_json())
+            await client.publish(channel(settings, event.account_id), event.payload)
 
     try:
         yield publish
@@ -193,21 +193,15 @@ async def test_unpublished_events_are_filled_from_the_log_and_duplicates_dropped
     async with publisher(stack.settings) as publish, subscribe(stack.base_url, alice, start) as ws:
         # Two commits whose publishes are "lost", then one that is published twice.
         for _ in range(2):
-            await ledger.accept_transfer(
-                stack.store, alice.user_id, alice.account, bob.account, 100
-            )
-        third = await ledger.accept_transfer(
-            stack.store, alice.user_id, alice.account, bob.account, 100
-        )
+            await accept(stack.store, alice.user_id, alice.account, bob.account, 100)
+        third = await accept(stack.store, alice.user_id, alice.account, bob.account, 100)
         await publish(third.events)
         await publish(third.events)
         got = [await recv(ws) for _ in range(3)]
         assert [e["seq"] for e in got] == [start + 1, start + 2, start + 3]
-        assert got[2]["transfer"]["id"] == third.transfer["id"]
+        assert got[2]["transfer"]["id"] == third.transfer_id
 
-        fourth = await ledger.accept_transfer(
-            stack.store, alice.user_id, alice.account, bob.account, 100
-        )
+        fourth = await accept(stack.store, alice.user_id, alice.account, bob.account, 100)
         await publish(fourth.events)
         assert (await recv(ws))["seq"] == start + 4, "the duplicate was sent again"
 
@@ -220,5 +214,5 @@ async def test_a_lost_last_publish_arrives_with_the_next_heartbeat(
         start = await seq_of(stack, alice)
         async with subscribe(stack.base_url, alice, start) as ws:
             assert orjson.loads(await asyncio.wait_for(ws.recv(), TIMEOUT)) == {"type": "ping"}
-            await ledger.accept_transfer(store, alice.user_id, alice.account, bob.account, 100)
+            await accept(store, alice.user_id, alice.account, bob.account, 100)
             assert (await recv(ws))["seq"] == start + 1

@@ -20,13 +20,13 @@ from starlette.websockets import WebSocket
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from server import ledger
-from server.db import Store
+from server import reads
 from server.dispatch import Dispatcher, channel
 from server.redisbox import redis_settings, start_redis_server, stop_redis_server
 from server.settings import Settings
+from server.store import Store
 from server.ws import same_origin
-from tests.conftest import Stack
+from tests.conftest import Stack, accept
 from tests.test_live import close_code, recv, seq_of, server_stack, subscribe, ws_url
 
 
@@ -47,15 +47,13 @@ async def test_subscriber_gets_every_event_once_across_a_redis_restart(
 
                 stop_redis_server(proc)
                 for _ in range(2):  # committed while no one can hear the publish
-                    await ledger.accept_transfer(
-                        store, alice.user_id, alice.account, bob.account, 100
-                    )
+                    await accept(store, alice.user_id, alice.account, bob.account, 100)
                 proc = start_redis_server(var, sock, appendonly=False)
                 # Only the hub's resync after reconnecting can deliver these two.
                 seen += [await recv(ws) for _ in range(2)]
 
                 # The restarted Redis lost the queued jobs: enqueue again, as the sweeper would.
-                pending = await ledger.pending_older_than(store, 2**62)
+                pending = await reads.pending_older_than(store, 2**62)
                 async with _dispatcher(stack.settings) as dispatch:
                     await dispatch.enqueue_settlement(pending)
                 await stack.settle_all()

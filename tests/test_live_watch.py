@@ -6,16 +6,14 @@ import asyncio
 import sys
 from typing import Any
 
-import httpx
 import orjson
 import pytest
 from websockets.asyncio.client import connect
 
-from server.app import create_app
-from server.auth import User
-from server.db import Store
+from server.hub import Hub
 from server.settings import Settings
-from tests.conftest import Stack, serve, settings_env
+from server.store import Store
+from tests.conftest import Stack, settings_env
 from tests.test_live import TIMEOUT, recv, seq_of, subscribe, ws_url
 
 
@@ -58,33 +56,37 @@ async def test_settle_watch_prints_pending_then_completed(stack: Stack, login: s
         await proc.wait()
 
 
-def render_content(message: dict[str, Any], user: User) -> str:
-    return f"<li>{message['type']} for {user.username}</li>"
+async def test_htmx_sockets_get_the_page_fragments_with_each_event(stack: Stack) -> None:
+    alice, bob = await stack.customer("10.00"), await stack.customer("0")
+    since = await seq_of(stack, alice)
+    htmx_url = ws_url(stack.base_url, alice.account, since, fragments="1")
+    async with (
+        connect(htmx_url, additional_headers=alice.headers) as one,
+        connect(htmx_url, additional_headers=alice.headers) as two,
+        subscribe(stack.base_url, alice, since) as plain,
+    ):
+        tid = (await stack.transfer(alice, bob.account, "1.00")).json()["id"]
+        first, second = await recv(one), await recv(two)
+        assert first == second
+        assert f'id="row-{tid}"' in first["content"]
+        assert f'id="balance-{alice.account}"' in first["content"] and "$9.00" in first["content"]
+        assert "content" not in await recv(plain)
+    await stack.settle_all()
 
 
-async def test_htmx_sockets_get_an_html_fragment_with_each_event(
+async def test_a_fragment_is_rendered_once_per_event_not_once_per_socket(
     settings: Settings, store: Store
 ) -> None:
-    app = create_app(settings, store=store)
+    rendered: list[int] = []
 
-    async def with_renderer(scope: Any, receive: Any, send: Any) -> None:
-        # What the pages module does through lifespan state, without depending on it.
-        if scope["type"] == "websocket":
-            scope["state"]["render_content"] = render_content
-        await app(scope, receive, send)
+    def render(message: dict[str, Any]) -> str:
+        rendered.append(message["seq"])
+        return f"<p>{message['seq']}</p>"
 
-    async with (
-        serve(with_renderer) as url,
-        httpx.AsyncClient(base_url=url, timeout=30) as client,
-    ):
-        stack = Stack(settings, store, url, client)
-        alice, bob = await stack.customer("10.00"), await stack.customer("0")
-        since = await seq_of(stack, alice)
-        htmx_url = ws_url(url, alice.account, since, fragments="1")
-        async with connect(htmx_url, additional_headers=alice.headers) as htmx:
-            async with subscribe(url, alice, since) as plain:
-                await stack.transfer(alice, bob.account, "1.00")
-                event = await recv(htmx)
-                assert event["content"] == f"<li>transfer.pending for {alice.username}</li>"
-                assert "content" not in await recv(plain)
-        await stack.settle_all()
+    hub = Hub(settings, store, render=render)
+    subs = [hub.subscribe("acc_x", "alice", 0, fragments=True) for _ in range(3)]
+    event = b'{"type":"transfer.pending","account":"acc_x","seq":1,"transfer":{},"balance":{}}'
+    hub.fan_out("acc_x", event)
+    texts = [sub.encode(item) for sub in subs for item in await sub.next()]
+    assert len(texts) == 3 and len(set(texts)) == 1 and '"content":"<p>1</p>"' in texts[0]
+    assert rendered == [1]

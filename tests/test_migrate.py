@@ -13,8 +13,8 @@ from alembic.migration import MigrationContext
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from server import migrate
-from server.db import Store
 from server.schema import metadata
+from server.store import Store
 
 
 def drift(conn: sa.Connection) -> list[Any]:

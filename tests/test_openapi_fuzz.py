@@ -32,7 +32,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from server import api, ledger
+from server import admin, api
 from server.openapi import SCHEMA
 from server.settings import Settings
 from tests.conftest import Customer, Stack
@@ -89,12 +89,12 @@ class World:
 async def world(stack: Stack) -> World:
     user = await stack.customer("1000.00")
     # Enough that most generated amounts (up to 1,000,000,000.00) can be accepted.
-    await ledger.deposit(stack.store, user.account, 10**14)
+    await admin.deposit(stack.store, user.account, 10**14)
     other = await stack.customer("1000.00")
     third = await stack.customer("0")
-    _, euro = await ledger.create_user(stack.store, f"euro{uuid.uuid4().hex[:8]}", "-", "EUR")
+    _, euro = await admin.create_user(stack.store, f"euro{uuid.uuid4().hex[:8]}", "-", "EUR")
     frozen = await stack.customer("0")
-    await ledger.set_status(stack.store, frozen.account, "frozen")
+    await admin.set_status(stack.store, frozen.account, "frozen")
 
     async def send(who: Customer, to: str) -> str:
         r = await stack.transfer(who, to, "1.00")

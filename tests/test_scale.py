@@ -26,12 +26,12 @@ import sqlalchemy as sa
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosedError
 
-from server import auth, ledger
+from server import admin, auth, views
 from server.audit import audit
-from server.db import Store
 from server.money import format_amount
 from server.schema import accounts, transfers
 from server.settings import Settings
+from server.store import Store
 from tests.fleet import Fleet, Holder
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -161,8 +161,8 @@ async def test_many_processes_settle_every_transfer_once_and_streams_match_the_l
 
     holders: list[Holder] = []
     for i in range(ACCOUNTS):
-        user_id, account = await ledger.create_user(store, f"scale{i}", auth.hash_password("pw"))
-        await ledger.deposit(store, account, DEPOSIT)
+        user_id, account = await admin.create_user(store, f"scale{i}", auth.hash_password("pw"))
+        await admin.deposit(store, account, DEPOSIT)
         holders.append(Holder(account, await auth.issue_token(store, user_id, 3600)))
     for port in ports:
         await fleet.ready(port)
@@ -255,7 +255,7 @@ async def test_many_processes_settle_every_transfer_once_and_streams_match_the_l
         for w in watchers:
             row = balances[w.account]
             assert w.seqs == list(range(1, row["seq"] + 1)), "each event once, in seq order"
-            assert w.balance == ledger.balance_of(row)
+            assert w.balance == views.balance_of(row)
 
         report = await audit(store)
         assert report.ok, report.render()

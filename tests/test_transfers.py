@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from server import ledger
-from tests.conftest import Stack
+import httpx
+import pytest
+
+from server import admin
+from tests.conftest import Customer, Stack
+from tests.test_sessions import browser, login
 
 
 async def test_accepted_transfer_is_pending_at_once_then_completed_by_the_worker(
@@ -40,7 +44,7 @@ async def test_transfer_to_an_account_frozen_after_acceptance_fails_and_releases
 ) -> None:
     alice, bob = await stack.customer("50.00"), await stack.customer("0")
     r = await stack.transfer(alice, bob.account, "20.00")
-    await ledger.set_status(stack.store, bob.account, "frozen")
+    await admin.set_status(stack.store, bob.account, "frozen")
     await stack.settle_all()
     t = (await stack.client.get(f"/api/transfers/{r.json()['id']}", headers=alice.headers)).json()
     assert (t["status"], t["failure_reason"]) == ("failed", "account_frozen")
@@ -105,3 +109,70 @@ async def test_events_log_every_change_with_balances(stack: Stack) -> None:
         (3, "transfer.completed"),
     ]
     assert (await stack.account(alice))["seq"] == 3
+
+
+# The use cases (server/transfers.py) apply one set of rules, whichever door a transfer
+# comes through: the JSON API or the HTML form.
+
+BAD_KEYS = ["k" * 256, "clé-1", "tab\tkey"]
+
+
+async def _sent(stack: Stack, who: Customer) -> int:
+    rows = await stack.store.fetch_all(
+        f"SELECT id FROM transfers WHERE from_account = '{who.account}'"
+    )
+    return len(rows)
+
+
+async def _form_post(stack: Stack, who: Customer, **fields: str) -> httpx.Response:
+    async with browser(stack) as client:
+        csrf = await login(client, who)
+        form = {"csrf_token": csrf, "amount": "1.00", **fields}
+        return await client.post(f"/accounts/{who.account}/transfers", data=form)
+
+
+@pytest.mark.parametrize("key", BAD_KEYS)
+async def test_the_api_and_the_form_refuse_the_same_idempotency_keys(
+    stack: Stack, key: str
+) -> None:
+    alice, bob = await stack.customer("10.00"), await stack.customer("0")
+    r = await stack.client.post(
+        "/api/transfers",
+        json={"from_account": alice.account, "to_account": bob.account, "amount": "1.00"},
+        headers=[
+            (b"Authorization", f"Bearer {alice.token}".encode()),
+            (b"Idempotency-Key", key.encode("latin-1")),
+        ],
+    )
+    assert r.status_code == 422 and r.json()["error"]["field"] == "Idempotency-Key"
+    r = await _form_post(stack, alice, to=bob.username, idempotency_key=key)
+    assert r.status_code == 422 and "Idempotency-Key must be 1 to 255" in r.text
+    assert await _sent(stack, alice) == 0, "nothing written"
+
+
+@pytest.mark.parametrize(
+    ("memo", "why"),
+    [("m" * 501, "at most 500 characters"), ("nul\x00memo", "must not contain NUL")],
+)
+async def test_the_api_and_the_form_refuse_the_same_memos(
+    stack: Stack, memo: str, why: str
+) -> None:
+    alice, bob = await stack.customer("10.00"), await stack.customer("0")
+    r = await stack.transfer(alice, bob.account, "1.00", key="memo-1", memo=memo)
+    assert r.status_code == 422 and r.json()["error"]["field"] == "memo", r.text
+    r = await _form_post(stack, alice, to=bob.username, memo=memo, idempotency_key="memo-2")
+    assert r.status_code == 422 and why in r.text
+    assert await _sent(stack, alice) == 0, "nothing written"
+
+
+async def test_a_form_key_is_kept_like_an_api_key(stack: Stack) -> None:
+    """The form's stored key and memo are the validated ones: the API, sent the same key
+    by the same user with the same transfer, replays the form's transfer."""
+    alice, bob = await stack.customer("10.00"), await stack.customer("0")
+    r = await _form_post(stack, alice, to=bob.account, memo="rent", idempotency_key="shared-1")
+    assert r.status_code == 303
+    again = await stack.transfer(alice, bob.account, "1.00", key="shared-1", memo="rent")
+    assert again.status_code == 202 and again.headers["idempotent-replayed"] == "true"
+    assert again.json()["memo"] == "rent"
+    assert await _sent(stack, alice) == 1
+    await stack.settle_all()

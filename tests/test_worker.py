@@ -9,9 +9,10 @@ import sys
 from typing import Any
 
 from jobs.worker import settle_transfer
-from server import ledger
+from server import settlement
 from server.dispatch import Dispatcher
-from tests.conftest import Stack, account_events, next_event, settings_env
+from server.schema import now_us
+from tests.conftest import Stack, accept, account_events, next_event, settings_env
 
 
 async def entries_of(stack: Stack, transfer_id: str) -> list[Any]:
@@ -51,20 +52,22 @@ async def test_group_commit_settles_a_queue_in_acceptance_order(stack: Stack) ->
     alice, bob = await stack.customer("10.00"), await stack.customer("0")
     ids = [(await stack.transfer(alice, bob.account, "1.00")).json()["id"] for _ in range(5)]
     # One job settles all five due transfers in one transaction.
-    events = await ledger.settle(stack.store, ids[-1], 100, 2**62)
-    settled = [e.message["transfer"]["id"] for e in events if e.account_id == alice.account]
+    events = await stack.store.transaction(
+        lambda conn: settlement.settle(conn, ids[-1], 100, 2**62, now_us())
+    )
+    settled = [e.transfer_id for e in events if e.account_id == alice.account]
     assert settled == ids
     seqs = [e.seq for e in events if e.account_id == alice.account]
     assert seqs == sorted(seqs)
     # Each event carries the balance right after its own transfer, not the batch's end.
-    posted = [e.message["balance"]["posted"] for e in events if e.account_id == alice.account]
+    posted = [e.balance["posted"] for e in events if e.account_id == alice.account]
     assert posted == ["9.00", "8.00", "7.00", "6.00", "5.00"]
-    received = [e.message["balance"]["posted"] for e in events if e.account_id == bob.account]
+    received = [e.balance["posted"] for e in events if e.account_id == bob.account]
     assert received == ["1.00", "2.00", "3.00", "4.00", "5.00"]
     for who in (alice, bob):
         last = [e for e in events if e.account_id == who.account][-1]
         now = await stack.account(who)
-        assert (last.seq, last.message["balance"]) == (now["seq"], now["balance"])
+        assert (last.seq, last.balance) == (now["seq"], now["balance"])
     await stack.settle_all()
 
 
@@ -103,10 +106,8 @@ async def test_worker_killed_mid_settlement_posts_nothing_then_settles_once(
 async def test_sweeper_settles_a_transfer_whose_job_was_never_enqueued(stack: Stack) -> None:
     alice, bob = await stack.customer("10.00"), await stack.customer("0")
     # Accepted and committed, but the process "crashed" before enqueueing its job.
-    accepted = await ledger.accept_transfer(
-        stack.store, alice.user_id, alice.account, bob.account, 250
-    )
-    tid = accepted.transfer["id"]
+    accepted = await accept(stack.store, alice.user_id, alice.account, bob.account, 250)
+    tid = accepted.transfer_id
     async with account_events(stack.settings, bob.account) as events:
         worker = subprocess.Popen(
             [sys.executable, "-m", "server.cli", "worker"],

@@ -26,8 +26,8 @@ from playwright.async_api import (
 
 from jobs.worker import stop_worker
 from server.app import create_app
-from server.db import Store
 from server.settings import Settings
+from server.store import Store
 from tests.conftest import Customer, Stack, serve
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -9,7 +9,7 @@ import re
 import sqlalchemy as sa
 from playwright.async_api import WebSocketRoute, expect
 
-from server import ledger
+from server import admin
 from server.schema import transfers
 from tests.browser.conftest import Live, screenshot
 from tests.conftest import Customer, account_events, next_event
@@ -114,7 +114,7 @@ async def test_a_failed_transfer_shows_the_reason_and_rolls_the_balance_back(slo
     await expect(page.get_by_test_id("available")).to_have_text("$60.00")
     await row.get_by_role("button", name="Cancel").wait_for()
 
-    await ledger.set_status(slow.stack.store, bob.account, "frozen")
+    await admin.set_status(slow.stack.store, bob.account, "frozen")
 
     await expect(row.get_by_test_id("badge")).to_have_text("Failed")
     await expect(row).to_contain_text("the recipient's account is frozen")

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from server.db import Store
 from server.settings import Settings
+from server.store import Store
 from tests.chaos.harness import Chaos, Deployment, Redis, Round, Watcher, holders, render
 
 ROUNDS: list[Round] = []

@@ -28,12 +28,12 @@ import sqlalchemy as sa
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidHandshake, WebSocketException
 
-from server import auth, ledger
-from server.db import Store
+from server import admin, auth, views
 from server.money import format_amount
 from server.redisbox import start_redis_server, stop_redis_server
 from server.schema import account_events, accounts, ledger_entries, transfers
 from server.settings import Settings
+from server.store import Store
 from tests.conftest import settings_env
 from tests.fleet import Fleet, Holder
 
@@ -108,8 +108,8 @@ async def holders(store: Store, n: int, deposit: int) -> list[Holder]:
     made = []
     for _ in range(n):
         name = f"chaos{os.urandom(4).hex()}"
-        user_id, account = await ledger.create_user(store, name, auth.hash_password("pw"))
-        await ledger.deposit(store, account, deposit)
+        user_id, account = await admin.create_user(store, name, auth.hash_password("pw"))
+        await admin.deposit(store, account, deposit)
         made.append(Holder(account, await auth.issue_token(store, user_id, 3600)))
     return made
 
@@ -328,7 +328,7 @@ async def verify(
     for w in watchers:
         row = balances[w.holder.account]
         assert w.seqs == list(range(w.seqs[0], row["seq"] + 1)), "each event once, in order"
-        assert w.balance == ledger.balance_of(row), "the subscriber's balance is the ledger's"
+        assert w.balance == views.balance_of(row), "the subscriber's balance is the ledger's"
     return duplicates, len(lost)
 
 

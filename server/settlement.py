@@ -1,0 +1,158 @@
+"""Settlement: pending transfers posted into the double-entry ledger, as one transaction
+body (``server.store``) for a whole batch.
+
+Exactly once per transfer: the batch is read and locked (SQLite's write lock, or
+``FOR UPDATE SKIP LOCKED`` row locks on PostgreSQL) inside the transaction that posts its
+entries, and only transfers still pending are in it; a second run, or a run racing
+another worker, finds nothing to settle, and a run killed mid-way commits nothing.
+
+Set-based: the batch's new balances, entries and events are worked out in Python from
+the locked rows (``Plan``), then written with one statement per table (executemany), so
+a batch costs a handful of round trips however many transfers it holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import sqlalchemy as sa
+
+from server import views
+from server.events import COMPLETED, FAILED, Event
+from server.ledger import BALANCE_COLUMNS, INSERT_ENTRY, INSERT_EVENT, entries
+from server.schema import accounts, transfers
+from server.store import Conn, Row
+
+# The advisory lock key of "settling now" (PostgreSQL).
+SETTLE_LOCK = 0x5E771E
+
+_OWN_PENDING = sa.select(transfers).where(
+    transfers.c.id == sa.bindparam("tid"), transfers.c.status == "pending"
+)
+_DUE_PENDING = (
+    sa.select(transfers)
+    .where(
+        transfers.c.status == "pending",
+        transfers.c.created_at < sa.bindparam("before"),
+        transfers.c.id != sa.bindparam("tid"),
+    )
+    .order_by(transfers.c.created_at, transfers.c.id)
+    .limit(sa.bindparam("n"))
+)
+# Only ever applied to transfers read as pending under the batch's locks.
+_FINISH = (
+    transfers.update()
+    .where(transfers.c.id == sa.bindparam("tid"), transfers.c.status == "pending")
+    .values(
+        status=sa.bindparam("outcome"),
+        failure_reason=sa.bindparam("reason"),
+        settled_at=sa.bindparam("at"),
+    )
+)
+_SET_BALANCES = (
+    accounts.update()
+    .where(accounts.c.id == sa.bindparam("acct"))
+    .values(
+        posted=sa.bindparam("posted"),
+        pending_debits=sa.bindparam("debits"),
+        pending_credits=sa.bindparam("credits"),
+        seq=sa.bindparam("new_seq"),
+    )
+)
+
+
+async def settle(
+    conn: Conn,
+    transfer_id: str,
+    batch_size: int,
+    ready_before: int,
+    at: int,
+    before_commit: Callable[[], None] | None = None,
+) -> list[Event]:
+    """Settle ``transfer_id`` and, in the same transaction, up to ``batch_size - 1`` other
+    pending transfers accepted before ``ready_before`` (group commit), in acceptance
+    order. Returns the events of every transfer it settled.
+
+    On PostgreSQL one settlement transaction runs at a time (an advisory lock), which
+    keeps acceptance order per account across workers. A run that finds the lock taken
+    settles nothing; the caller retries.
+    """
+    if not await conn.try_lock(SETTLE_LOCK):
+        return []
+    # Lock the batch's rows, skipping any a cancel is changing right now.
+    batch = list(await conn.fetch_all(conn.locking(_OWN_PENDING, True), {"tid": transfer_id}))
+    if batch_size > 1:
+        batch += await conn.fetch_all(
+            conn.locking(_DUE_PENDING, True),
+            {"tid": transfer_id, "before": ready_before, "n": batch_size - 1},
+        )
+    if not batch:
+        return []
+    batch.sort(key=lambda r: (r["created_at"], r["id"]))
+    touched = sorted({r["from_account"] for r in batch} | {r["to_account"] for r in batch})
+    # Lock every account the batch touches, in id order, before changing any.
+    locked = await conn.fetch_all(
+        conn.locking(
+            sa.select(*BALANCE_COLUMNS).where(accounts.c.id.in_(touched)).order_by(accounts.c.id)
+        )
+    )
+    plan = Plan({r["id"]: dict(r) for r in locked}, at)
+    for row in batch:
+        plan.settle(row)
+    await conn.execute_many(_FINISH, plan.finished)
+    await conn.execute_many(_SET_BALANCES, plan.balances())
+    await conn.execute_many(INSERT_ENTRY, plan.entries)
+    await conn.execute_many(INSERT_EVENT, [e.log_row() for e in plan.events])
+    if before_commit is not None:
+        before_commit()
+    return plan.events
+
+
+class Plan:
+    """A batch's effects, computed from its locked account rows, in acceptance order."""
+
+    def __init__(self, accounts_by_id: dict[str, dict[str, Any]], at: int) -> None:
+        self.accounts = accounts_by_id
+        self.at = at
+        self.finished: list[dict[str, Any]] = []
+        self.entries: list[dict[str, Any]] = []
+        self.events: list[Event] = []
+
+    def settle(self, row: Row) -> None:
+        """Complete the transfer, or fail it when its destination is frozen."""
+        amount, src, dst = row["amount"], row["from_account"], row["to_account"]
+        if self.accounts[dst]["status"] == "frozen":
+            outcome, reason = FAILED, "account_frozen"
+            self._change(src, pending_debits=-amount)
+            self._change(dst, pending_credits=-amount)
+        else:
+            outcome, reason = COMPLETED, None
+            self._change(src, posted=-amount, pending_debits=-amount)
+            self._change(dst, posted=amount, pending_credits=-amount)
+            self.entries += entries(row, self.at)
+        status = outcome.removeprefix("transfer.")
+        self.finished.append({"tid": row["id"], "outcome": status, "reason": reason, "at": self.at})
+        transfer = views.transfer_of(
+            {**row, "status": status, "failure_reason": reason, "settled_at": self.at}
+        )
+        for account_id in (src, dst):
+            self.events.append(Event.of(outcome, self.accounts[account_id], transfer, self.at))
+
+    def _change(self, account_id: str, **deltas: int) -> None:
+        account = self.accounts[account_id]
+        for column, delta in deltas.items():
+            account[column] += delta
+        account["seq"] += 1
+
+    def balances(self) -> list[Mapping[str, Any]]:
+        return [
+            {
+                "acct": a["id"],
+                "posted": a["posted"],
+                "debits": a["pending_debits"],
+                "credits": a["pending_credits"],
+                "new_seq": a["seq"],
+            }
+            for a in self.accounts.values()
+        ]

@@ -1,0 +1,195 @@
+"""The store (``server.store``), on the database of the run.
+
+Both backends: a transaction commits or rolls back as a whole, reads see a consistent
+snapshot, a transaction body may await nothing but its connection, long reads come in
+chunks. SQLite: writes that queue together share one transaction and one COMMIT (group
+commit) on the writer's thread, and each still succeeds or fails on its own."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from server.schema import now_us, users
+from server.store import BodyAwaited, Conn, Store
+
+sqlite_only = pytest.mark.usefixtures("sqlite_store")
+
+
+@pytest.fixture
+def sqlite_store(store: Store) -> None:
+    if not store.is_sqlite:
+        pytest.skip("group commit is how SQLite writes; PostgreSQL has a pool")
+
+
+def user(name: str) -> dict[str, Any]:
+    return {"id": name, "username": name, "password_hash": "!", "created_at": now_us()}
+
+
+async def add_user(store: Store, name: str, fail: BaseException | None = None) -> int:
+    """Insert a user in one transaction; the id of the transaction it ran in."""
+
+    async def body(conn: Conn) -> int:
+        await conn.execute(users.insert().values(**user(name)))
+        if fail is not None:
+            raise fail
+        return int(getattr(conn, "transaction_id", 0))
+
+    return await store.transaction(body)
+
+
+async def names(store: Store) -> set[str]:
+    return {r["username"] for r in await store.fetch_all(sa.select(users.c.username))}
+
+
+async def test_a_transaction_commits_whole_or_not_at_all(store: Store) -> None:
+    async def half(conn: Conn) -> None:
+        await conn.execute(users.insert().values(**user("ann")))
+        raise ValueError("changed my mind")
+
+    with pytest.raises(ValueError, match="changed my mind"):
+        await store.transaction(half)
+    assert await names(store) == set()
+    await add_user(store, "bob")
+    assert await names(store) == {"bob"}
+
+
+async def test_a_body_that_awaits_anything_but_its_connection_is_refused(store: Store) -> None:
+    async def sleepy(conn: Conn) -> None:
+        await conn.execute(users.insert().values(**user("ann")))
+        await asyncio.sleep(0)
+
+    if store.is_sqlite:
+        with pytest.raises(BodyAwaited):
+            await store.transaction(sleepy)
+        assert await names(store) == set(), "the refused body was rolled back"
+
+
+async def test_insert_new_tells_the_winner_of_a_key(store: Store) -> None:
+    async def claim(conn: Conn) -> bool:
+        return await conn.insert_new(users, user("ann"))
+
+    assert await store.transaction(claim) is True
+    assert await store.transaction(claim) is False
+    assert await names(store) == {"ann"}
+
+
+@sqlite_only
+async def test_a_read_sees_one_snapshot(store: Store) -> None:
+    await add_user(store, "ann")
+    count = sa.select(sa.func.count()).select_from(users)
+
+    async def body(conn: Conn) -> tuple[int, int]:
+        first = int(await conn.fetch_val(count))
+        # Another process commits a user meanwhile: this read does not see it.
+        with sqlite3.connect(store.url.removeprefix("sqlite:///")) as other:
+            other.execute(
+                "INSERT INTO users (id, username, password_hash, created_at) "
+                "VALUES ('bob', 'bob', '!', 0)"
+            )
+        return first, int(await conn.fetch_val(count))
+
+    assert await store.read(body) == (1, 1)
+    assert await names(store) == {"ann", "bob"}
+
+
+async def test_long_reads_come_in_chunks(store: Store) -> None:
+    async def many(conn: Conn) -> None:
+        await conn.execute_many(users.insert(), [user(f"u{i:03}") for i in range(25)])
+
+    await store.transaction(many)
+    query = sa.select(users.c.username).order_by(users.c.username)
+    chunks = [rows async for rows in store.chunks(query, size=10)]
+    assert [len(c) for c in chunks] == [10, 10, 5]
+    assert [r["username"] for c in chunks for r in c] == [f"u{i:03}" for i in range(25)]
+
+
+@sqlite_only
+async def test_a_write_is_committed_when_its_transaction_returns(store: Store) -> None:
+    await add_user(store, "ann")
+    # Another connection (another process, say) sees it at once.
+    with sqlite3.connect(store.url.removeprefix("sqlite:///")) as other:
+        assert other.execute("SELECT username FROM users").fetchall() == [("ann",)]
+
+
+@sqlite_only
+async def test_writes_queued_together_share_one_transaction(store: Store) -> None:
+    batches = await asyncio.gather(*(add_user(store, f"u{i}") for i in range(10)))
+    assert len(set(batches)) < 10
+    assert await names(store) == {f"u{i}" for i in range(10)}
+
+
+@sqlite_only
+async def test_a_failed_write_rolls_back_only_itself(store: Store) -> None:
+    results = await asyncio.gather(
+        add_user(store, "ann"),
+        add_user(store, "bob", fail=ValueError("no")),
+        add_user(store, "cid"),
+        return_exceptions=True,
+    )
+    assert isinstance(results[1], ValueError)
+    assert results[0] == results[2]  # one transaction for the three
+    assert await names(store) == {"ann", "cid"}
+
+
+@sqlite_only
+async def test_a_failed_write_raises_once_what_it_saw_is_committed(store: Store) -> None:
+    """The idempotency race: the loser's INSERT conflicts with the winner's row, not yet
+    committed; by the time the loser's error surfaces, a reader can see that row."""
+    seen_after_failure: set[str] = set()
+
+    async def loser() -> None:
+        try:
+            await add_user(store, "ann")
+        except sqlite3.IntegrityError:
+            seen_after_failure.update(await names(store))
+            return
+        raise AssertionError("the second insert of the same id must fail")
+
+    await asyncio.gather(add_user(store, "ann"), loser())
+    assert seen_after_failure == {"ann"}
+
+
+@sqlite_only
+async def test_a_transaction_lost_under_its_writes_fails_them_all(store: Store) -> None:
+    """When SQLite itself rolls the transaction back (disk full, I/O error), the writes
+    that had already run in it fail too; the next ones start a new transaction."""
+
+    async def broken(conn: Conn) -> None:
+        await conn.execute("ROLLBACK")
+        raise OSError("disk full")
+
+    results = await asyncio.gather(
+        add_user(store, "ann"),
+        store.transaction(broken),
+        add_user(store, "cid"),
+        return_exceptions=True,
+    )
+    assert isinstance(results[0], sqlite3.OperationalError)
+    assert isinstance(results[1], OSError)
+    assert isinstance(results[2], int)
+    assert await names(store) == {"cid"}
+    await add_user(store, "dee")
+    assert await names(store) == {"cid", "dee"}
+
+
+@sqlite_only
+async def test_a_write_waits_for_another_process_holding_the_lock(store: Store) -> None:
+    """Another process's write transaction: ours waits (on the loop, not in SQLite) and
+    commits once the lock is free; the loop stays free meanwhile."""
+    other = sqlite3.connect(store.url.removeprefix("sqlite:///"), isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    write = asyncio.create_task(add_user(store, "ann"))
+    ticks = 0
+    for _ in range(20):  # the loop keeps running while the write waits
+        await asyncio.sleep(0.005)
+        ticks += 1
+    assert not write.done() and ticks == 20
+    other.execute("COMMIT")
+    other.close()
+    await write
+    assert await names(store) == {"ann"}
