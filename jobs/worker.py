@@ -38,6 +38,7 @@ async def startup(ctx: dict[str, Any]) -> None:
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
+    await ctx["dispatch"].close()
     if ctx.get("own_store"):
         await ctx["store"].disconnect()
 

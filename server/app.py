@@ -50,13 +50,14 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
         m.ws_connections.set_function(lambda: hub.subscriber_count)
         await hub.start()
         lag_probe = asyncio.create_task(metrics.probe_loop_lag(m.loop_lag))
+        dispatch = Dispatcher(redis, settings)
         try:
             yield {
                 "services": Services(
                     settings=settings,
                     store=db,
                     redis=redis,
-                    dispatch=Dispatcher(redis, settings),
+                    dispatch=dispatch,
                     metrics=m,
                     hub=hub,
                     templates=templates,
@@ -66,6 +67,7 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
             lag_probe.cancel()
             await asyncio.gather(lag_probe, return_exceptions=True)
             await hub.stop()
+            await dispatch.close()
             await redis.aclose()
             if own:
                 await db.disconnect()

@@ -8,10 +8,15 @@ raised to the client whose transfer is already committed.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable, Sequence
 
 from arq.connections import ArqRedis
+from arq.constants import job_key_prefix, result_key_prefix
+from arq.jobs import serialize_job
+from arq.utils import timestamp_ms
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from server.events import Event
@@ -32,40 +37,99 @@ def channel(settings: Settings, account_id: str) -> str:
     return f"{settings.redis_prefix}:events:{account_id}"
 
 
+# arq's enqueue_job (WATCH, EXISTS, then MULTI/EXEC: three round trips) as one script,
+# so that a transfer's job and its events leave in one round trip. The same keys, the
+# same job encoding, and the same refusal of a job id that is queued or has a result.
+_ENQUEUE = """
+if redis.call('exists', KEYS[1], KEYS[2]) == 0 then
+  redis.call('psetex', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('zadd', KEYS[3], ARGV[3], ARGV[4])
+end
+"""
+
+
 class Dispatcher:
-    """Redis work that follows a commit: settlement jobs and published events."""
+    """Redis work that follows a commit: settlement jobs and published events.
+
+    Concurrent commits share one round trip: what they hand over while one pipeline is
+    in flight goes together in the next (as the store's transactions do). And the
+    transfers of one round trip share one settlement job: any settlement job settles
+    every due transfer (``server.settlement``), so one per transfer would mostly find
+    nothing left to do.
+    """
 
     def __init__(self, redis: ArqRedis, settings: Settings) -> None:
         self.redis = redis
         self.settings = settings
+        self._enqueue = redis.register_script(_ENQUEUE)
+        self._waiting: list[tuple[Sequence[Event], list[str], asyncio.Future[None]]] = []
+        self._sender: asyncio.Task[None] | None = None
 
-    async def enqueue_settlement(self, transfer_ids: Iterable[str]) -> None:
-        defer_ms = self.settings.settle_delay_ms
-        for transfer_id in transfer_ids:
-            try:
-                await self.redis.enqueue_job(
-                    SETTLE_JOB,
-                    transfer_id,
-                    _job_id=job_id(self.settings, transfer_id),
-                    _queue_name=self.settings.queue_name,
-                    _defer_by=defer_ms / 1000 if defer_ms else None,
-                )
-            except (RedisError, OSError) as exc:
-                log.warning("enqueue failed, the sweeper will retry: %s %r", transfer_id, exc)
+    async def after_commit(self, events: Sequence[Event], settle: Iterable[str] = ()) -> None:
+        """Publish ``events`` and queue a job that settles ``settle`` (transfer ids);
+        returns once they were handed to Redis (or that failed, which is logged: the
+        sweeper and the subscribers catch up)."""
+        settle = list(settle)
+        if not events and not settle:
+            return
+        done = asyncio.get_running_loop().create_future()
+        self._waiting.append((events, settle, done))
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.create_task(self._send_waiting())
+        await done
 
     async def publish(self, events: Sequence[Event]) -> None:
-        if not events:
-            return
+        await self.after_commit(events)
+
+    async def enqueue_settlement(self, transfer_ids: Iterable[str]) -> None:
+        """A job for each transfer (the sweeper's re-enqueue: a job id already queued or
+        running is left alone)."""
+        ids = list(transfer_ids)
+        if ids:
+            await self._send(ids, ())
+
+    async def close(self) -> None:
+        """Wait for what is being sent."""
+        if self._sender is not None:
+            await asyncio.gather(self._sender, return_exceptions=True)
+
+    async def _send_waiting(self) -> None:
+        while self._waiting:
+            batch, self._waiting = self._waiting, []
+            events = [e for item in batch for e in item[0]]
+            # One job for the lot: whichever transfer it names, it settles all that are due.
+            first = next(([item[1][0]] for item in batch if item[1]), [])
+            await self._send(first, events)
+            for _, _, done in batch:
+                if not done.done():
+                    done.set_result(None)
+
+    async def _send(self, transfer_ids: Sequence[str], events: Sequence[Event]) -> None:
+        """Jobs for ``transfer_ids`` and ``events`` published, in one pipeline."""
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
+                await self._queue_jobs(pipe, transfer_ids)
                 for event in events:
                     pipe.publish(channel(self.settings, event.account_id), event.payload)
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             log.warning(
-                "publish of %d events failed, subscribers will catch up: %r", len(events), exc
+                "after commit: %d jobs and %d events not sent, the sweeper and the"
+                " subscribers will catch up: %r",
+                len(transfer_ids),
+                len(events),
+                exc,
             )
 
-    async def after_commit(self, events: Sequence[Event], settle: Iterable[str] = ()) -> None:
-        await self.enqueue_settlement(settle)
-        await self.publish(events)
+    async def _queue_jobs(self, pipe: Pipeline, transfer_ids: Iterable[str]) -> None:
+        now = timestamp_ms()
+        score = now + self.settings.settle_delay_ms
+        expires = score - now + self.redis.expires_extra_ms
+        for transfer_id in transfer_ids:
+            job = job_id(self.settings, transfer_id)
+            payload = serialize_job(
+                SETTLE_JOB, (transfer_id,), {}, None, now, serializer=self.redis.job_serializer
+            )
+            keys = [job_key_prefix + job, result_key_prefix + job, self.settings.queue_name]
+            # On a pipeline this only queues the command (no round trip of its own).
+            await self._enqueue(keys=keys, args=[expires, payload, score, job], client=pipe)
