@@ -16,7 +16,7 @@ from arq import Retry, Worker, cron
 from arq.connections import RedisSettings
 from redis.exceptions import RedisError
 
-from server import reads, transfers
+from server import reads, settlement, transfers
 from server.dispatch import SETTLE_JOB, Dispatcher
 from server.redisbox import redis_settings
 from server.schema import now_us
@@ -50,9 +50,12 @@ async def settle_transfer(ctx: dict[str, Any], transfer_id: str) -> int:
     in its batch, settles nothing. Returns how many transfers this run settled.
     """
     settings: Settings = ctx["settings"]
-    store: Store = ctx["store"]
     try:
-        events = await transfers.settle(store, ctx["dispatch"], settings, transfer_id)
+        events = await transfers.settle(ctx["store"], ctx["dispatch"], settings, transfer_id)
+    except settlement.Busy:
+        # Another settlement transaction was running (PostgreSQL): try again shortly;
+        # that one has likely settled this transfer in its batch by then.
+        raise Retry(defer=0.05) from None
     except Exception as exc:
         if unavailable(exc):  # the database is down or restarting: nothing was written
             raise Retry(defer=0.5) from exc
@@ -60,11 +63,6 @@ async def settle_transfer(ctx: dict[str, Any], transfer_id: str) -> int:
     settled = len(events) // 2
     if settled:
         log.info("settled %d transfers (job for %s)", settled, transfer_id)
-    if transfer_id not in {e.transfer_id for e in events}:
-        if await reads.transfer_status(store, transfer_id) == "pending":
-            # Another settlement transaction was running (PostgreSQL): try again shortly;
-            # that one has likely settled this transfer in its batch by then.
-            raise Retry(defer=0.05)
     return settled
 
 
@@ -87,7 +85,8 @@ async def sweep(ctx: dict[str, Any]) -> int:
     await ctx["dispatch"].enqueue_settlement(stuck)
     very_late = now_us() - (settings.settle_delay_ms + 3 * settings.sweep_after_ms) * 1000
     for transfer_id in await reads.pending_older_than(store, very_late):
-        await transfers.settle(store, ctx["dispatch"], settings, transfer_id, 1, 0)
+        with contextlib.suppress(settlement.Busy):  # another one is settling: next sweep
+            await transfers.settle(store, ctx["dispatch"], settings, transfer_id, 1, 0)
     return len(stuck)
 
 

@@ -56,7 +56,6 @@ _PENDING_BEFORE = (
     .order_by(transfers.c.created_at)
     .limit(sa.bindparam("n"))
 )
-_STATUS = sa.select(transfers.c.status).where(transfers.c.id == sa.bindparam("tid"))
 _ACCOUNT = sa.select(accounts).where(accounts.c.id == sa.bindparam("acct"))
 _EVENTS_AFTER = (
     sa.select(account_events.c.seq, account_events.c.payload)
@@ -198,11 +197,6 @@ async def is_sender(store: Store, user_id: str, transfer: Row) -> bool:
 async def pending_older_than(store: Store, before_us: int, limit: int = 1000) -> list[str]:
     rows = await store.fetch_all(_PENDING_BEFORE, {"before": before_us, "n": limit})
     return [r["id"] for r in rows]
-
-
-async def transfer_status(store: Store, transfer_id: str) -> str | None:
-    status = await store.fetch_val(_STATUS, {"tid": transfer_id})
-    return None if status is None else str(status)
 
 
 async def pending_count(store: Store) -> int:

@@ -62,6 +62,11 @@ _SET_BALANCES = (
 )
 
 
+class Busy(Exception):
+    """Another settlement transaction holds the lock (PostgreSQL): nothing was settled;
+    try again shortly."""
+
+
 async def settle(
     conn: Conn,
     transfer_id: str,
@@ -76,10 +81,10 @@ async def settle(
 
     On PostgreSQL one settlement transaction runs at a time (an advisory lock), which
     keeps acceptance order per account across workers. A run that finds the lock taken
-    settles nothing; the caller retries.
+    settles nothing and raises Busy; the caller retries.
     """
     if not await conn.try_lock(SETTLE_LOCK):
-        return []
+        raise Busy
     # Lock the batch's rows, skipping any a cancel is changing right now.
     batch = list(await conn.fetch_all(conn.locking(_OWN_PENDING, True), {"tid": transfer_id}))
     if batch_size > 1:
