@@ -63,7 +63,7 @@ from bench.stack import (
     wait_http,
 )
 from bench.stats import summary
-from server import auth, sessions
+from server import passwords, sessions
 from server.schema import transfers
 from server.store import Store
 
@@ -395,7 +395,7 @@ async def main() -> None:
     if hard < plan.idle + 1000:
         sys.exit(f"{plan.idle:,} idle sockets need `ulimit -n` of {plan.idle + 1000}+")
     # Users are seeded with a real (slow) password hash once; nobody logs in by password.
-    auth.set_cost(2**10)
+    passwords.set_cost(2**10)
     RESULTS.mkdir(exist_ok=True)
     results: dict[str, Any] = {
         "plan": dataclasses.asdict(plan),

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from server import admin, auth, ledger, migrate, views
+from server import admin, auth, ledger, migrate, passwords, views
 from server.events import Event
 from server.schema import new_id, now_us
 
@@ -73,7 +73,7 @@ class Seeder:
 
     def users(self, n: int, prefix: str, deposit: int = DEPOSIT) -> list[User]:
         """n users with one funded account and an API token each."""
-        password = auth.hash_password(secrets.token_urlsafe(8))
+        password = passwords.hash_password(secrets.token_urlsafe(8))
         at = now_us()
         made = [
             User(new_id("usr"), f"{prefix}{i}", new_id("acc"), "stl_" + secrets.token_urlsafe(32))

@@ -33,7 +33,7 @@ import sqlalchemy as sa
 from arq import create_pool
 
 from bench.stack import connected, pending, redis_server, start, stop
-from server import admin, auth, ledger
+from server import admin, ledger, passwords
 from server.audit import audit
 from server.dispatch import Dispatcher
 from server.redisbox import redis_settings
@@ -77,7 +77,7 @@ def settings_for(url: str, redis_url: str, var: Path) -> Settings:
 async def seed(settings: Settings, n: int, accounts: int) -> None:
     """Fund the accounts and accept n transfers among them, all pending."""
     rng = random.Random(7)
-    password = auth.hash_password("bench")
+    password = passwords.hash_password("bench")
     async with connected(settings) as store:
         await create_schema(store)
         owners: list[tuple[str, str]] = []

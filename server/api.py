@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from server import auth, errors, metrics, reads, sessions, transfers, views
+from server import auth, errors, metrics, reads, text, transfers, views
 from server.auth import User
 from server.responses import JSONResponse
 from server.services import services
@@ -39,7 +39,11 @@ async def read_json(request: Request) -> dict[str, Any]:
         if len(body) > MAX_BODY:
             raise errors.PayloadTooLarge("the request body is larger than 64 KiB")
     try:
-        data = json.loads(body, parse_float=JsonNumber, parse_constant=_reject_constant)
+        # Numbers are kept as their source text: exact, and never converted to int or
+        # float here (a 4,400-digit integer would raise inside the decoder).
+        data = json.loads(
+            body, parse_float=JsonNumber, parse_int=JsonNumber, parse_constant=_reject_constant
+        )
     except (ValueError, RecursionError):
         raise errors.InvalidJSON("the request body is not valid JSON") from None
     if not isinstance(data, dict):
@@ -47,7 +51,15 @@ async def read_json(request: Request) -> dict[str, Any]:
     return data
 
 
-def text_field(data: dict[str, Any], name: str, *, max_len: int, required: bool = True) -> str:
+def text_field(
+    data: dict[str, Any],
+    name: str,
+    *,
+    max_len: int,
+    required: bool = True,
+    controls: bool = False,
+) -> str:
+    """A string field of a JSON body, checked by the one text rule (``server.text``)."""
     value = data.get(name)
     if value is None and not required:
         return ""
@@ -55,13 +67,9 @@ def text_field(data: dict[str, Any], name: str, *, max_len: int, required: bool 
         raise errors.InvalidField(f"{name} is required", name)
     if not isinstance(value, str) or isinstance(value, JsonNumber):
         raise errors.InvalidField(f"{name} must be a string", name)
-    if len(value) > max_len:
-        raise errors.InvalidField(f"{name} must be at most {max_len} characters", name)
     if required and not value:
         raise errors.InvalidField(f"{name} must not be empty", name)
-    if "\x00" in value:
-        raise errors.InvalidField(f"{name} must not contain NUL characters", name)
-    return value
+    return text.check(value, name, max_len, controls=controls)
 
 
 async def current_user(request: Request) -> User:
@@ -77,16 +85,12 @@ async def current_user(request: Request) -> User:
 async def create_token(request: Request) -> Response:
     data = await read_json(request)
     username = text_field(data, "username", max_len=64)
-    password = text_field(data, "password", max_len=1024)
+    password = text_field(data, "password", max_len=1024, controls=True)
     app = services(request)
-    # The same guard as the login form: a password is guessed as easily here.
-    await sessions.check_rate_limit(request, username)
-    try:
-        user_id = await auth.check_credentials(app.store, username, password)
-    except errors.Unauthorized:
-        await sessions.record_failure(request, username)
-        raise
-    await sessions.clear_failures(request, username)
+    # The same throttle as the login form: a password is guessed as easily here.
+    attempt = await app.throttle.attempt(request, username)
+    user_id = await auth.check_credentials(app.store, app.hasher, username, password)
+    await app.throttle.succeeded(attempt)
     token = await auth.issue_token(app.store, user_id, app.settings.token_ttl_s)
     return JSONResponse({"token": token, "expires_in": app.settings.token_ttl_s}, status_code=201)
 
@@ -96,7 +100,7 @@ async def revoke_token(request: Request) -> Response:
     token = auth.bearer_token(request)
     if token is None:
         raise errors.Unauthorized("send the token to revoke as Authorization: Bearer <token>")
-    await auth.revoke_token(services(request).store, token)
+    await auth.revoke_token(services(request), token)
     return Response(status_code=204)
 
 

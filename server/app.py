@@ -15,13 +15,28 @@ from starlette.middleware import Middleware
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
-from server import api, errors, fragments, metrics, openapi, ops, pages, responses, ws
+from server import (
+    api,
+    auth,
+    errors,
+    fragments,
+    logs,
+    metrics,
+    openapi,
+    ops,
+    pages,
+    passwords,
+    responses,
+    ws,
+)
 from server.dispatch import Dispatcher
+from server.headers import SecurityHeaders
 from server.hub import Hub
 from server.redisbox import redis_settings
 from server.services import Services
-from server.settings import LOG_FORMAT, Settings
+from server.settings import Settings
 from server.store import Store, open_store
+from server.throttle import Throttle
 
 log = logging.getLogger("settle.app")
 
@@ -46,11 +61,18 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
         redis = await create_pool(redis_settings(settings, redis_url))
         m = metrics.Metrics()
         templates = fragments.environment()
-        hub = Hub(settings, db, lag=m.ws_lag_seconds, render=fragments.content_renderer(templates))
+        hub = Hub(
+            settings,
+            db,
+            lag=m.ws_lag_seconds,
+            render=fragments.content_renderer(templates),
+            credential_live=lambda credential: auth.credential_live(db, credential),
+        )
         m.ws_connections.set_function(lambda: hub.subscriber_count)
         await hub.start()
         lag_probe = asyncio.create_task(metrics.probe_loop_lag(m.loop_lag))
         dispatch = Dispatcher(redis, settings)
+        hasher = passwords.Hasher()
         try:
             yield {
                 "services": Services(
@@ -61,6 +83,8 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
                     metrics=m,
                     hub=hub,
                     templates=templates,
+                    throttle=Throttle(redis, settings),
+                    hasher=hasher,
                 )
             }
         finally:
@@ -68,6 +92,7 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
             await asyncio.gather(lag_probe, return_exceptions=True)
             await hub.stop()
             await dispatch.close()
+            hasher.close()
             await redis.aclose()
             if own:
                 await db.disconnect()
@@ -81,7 +106,7 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
             Mount("/static", StaticFiles(directory=fragments.STATIC_DIR), name="static"),
             *pages.routes,
         ],
-        middleware=[Middleware(metrics.Observe)],
+        middleware=[Middleware(SecurityHeaders), Middleware(metrics.Observe)],
         exception_handlers={
             errors.SettleError: responses.refused,
             HTTPException: responses.http_error,
@@ -98,5 +123,5 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
 def from_env() -> Starlette:
     """App factory for ``uvicorn --factory`` (each uvicorn worker builds its own)."""
     # A uvicorn worker process starts afresh: without this its INFO lines would be lost.
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    logs.configure()
     return create_app(Settings.from_env())

@@ -1,63 +1,20 @@
-"""Passwords (scrypt, from the standard library) and API bearer tokens (stored hashed)."""
+"""Who a request is from: API bearer tokens (stored hashed), the browser session, and
+the check of a username and password (``server.passwords`` hashes)."""
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import hashlib
-import hmac
 import secrets
 from typing import Literal
 
 import sqlalchemy as sa
 from starlette.requests import HTTPConnection
 
-from server import errors, sessions
+from server import errors, passwords, sessions
 from server.schema import api_tokens, now_us, users
-from server.services import services
+from server.services import Services, services
 from server.store import Store, findable
-
-# scrypt cost: n=2**14, r=8 takes ~50 ms and 16 MiB per hash; tune up, never down.
-# Each hash records its own parameters, so raising the cost keeps old hashes valid.
-_N, _R, _P = 2**14, 8, 1
-_MAXMEM = 64 * 1024 * 1024
-
-
-def set_cost(n: int) -> None:
-    """Change the scrypt cost of new hashes (tests lower it to create many users fast)."""
-    global _N
-    _N = n
-
-
-def hash_password(password: str) -> str:
-    salt = secrets.token_bytes(16)
-    b64 = base64.b64encode
-    key = hashlib.scrypt(password.encode(), salt=salt, n=_N, r=_R, p=_P, maxmem=_MAXMEM)
-    return f"scrypt${_N}${_R}${_P}${b64(salt).decode()}${b64(key).decode()}"
-
-
-def verify_password(password: str, stored: str) -> bool:
-    try:
-        scheme, n, r, p, salt, key = stored.split("$")
-    except ValueError:
-        return False
-    if scheme != "scrypt":
-        return False
-    expected = base64.b64decode(key)
-    actual = hashlib.scrypt(
-        password.encode(),
-        salt=base64.b64decode(salt),
-        n=int(n),
-        r=int(r),
-        p=int(p),
-        maxmem=_MAXMEM,
-        dklen=len(expected),
-    )
-    return hmac.compare_digest(actual, expected)
-
-
-# Spent on unknown usernames too, so response time does not tell which usernames exist.
-_DUMMY_HASH = hash_password(secrets.token_urlsafe(16))
 
 
 def token_digest(token: str) -> str:
@@ -70,11 +27,14 @@ _CREDENTIALS = sa.select(users.c.id, users.c.password_hash).where(
 )
 
 
-async def check_credentials(store: Store, username: str, password: str) -> str:
-    """Return the user id for a correct username and password, else raise Unauthorized."""
+async def check_credentials(
+    store: Store, hasher: passwords.Hasher, username: str, password: str
+) -> str:
+    """Return the user id for a correct username and password, else raise Unauthorized.
+    Every failure costs the same (an unknown user, the bank, a wrong password)."""
     row = await store.fetch_one(_CREDENTIALS, {"name": findable(username)})
-    stored = row["password_hash"] if row is not None else _DUMMY_HASH
-    if not verify_password(password, stored) or row is None:
+    stored = row["password_hash"] if row is not None else "-"
+    if not await hasher.verify(password, stored) or row is None:
         raise errors.Unauthorized("wrong username or password")
     return str(row["id"])
 
@@ -93,7 +53,7 @@ async def issue_token(store: Store, user_id: str, ttl_s: int) -> str:
 
 
 _TOKEN_USER = (
-    sa.select(users.c.id, users.c.username)
+    sa.select(users.c.id, users.c.username, api_tokens.c.expires_at)
     .join(api_tokens, api_tokens.c.user_id == users.c.id)
     .where(
         api_tokens.c.token_hash == sa.bindparam("digest"),
@@ -101,23 +61,6 @@ _TOKEN_USER = (
         api_tokens.c.expires_at > sa.bindparam("now"),
     )
 )
-
-
-async def user_for_token(store: Store, token: str) -> tuple[str, str] | None:
-    """(user id, username) for a live token, or None."""
-    row = await store.fetch_one(_TOKEN_USER, {"digest": token_digest(token), "now": now_us()})
-    if row is None:
-        return None
-    return str(row["id"]), str(row["username"])
-
-
-async def revoke_token(store: Store, token: str) -> None:
-    revoke = (
-        api_tokens.update()
-        .where(api_tokens.c.token_hash == token_digest(token))
-        .values(revoked_at=now_us())
-    )
-    await store.transaction(lambda conn: conn.execute(revoke))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +72,54 @@ class User:
     # "session" (browser cookie) connections are subject to CSRF and Origin checks;
     # "bearer" ones are not (a browser never attaches a bearer token on its own).
     via: Literal["bearer", "session"] = "bearer"
+    # What ends it ("token:<digest>", "session:<digest>"), and when it expires
+    # (microseconds since the epoch): a stream opened with it ends with it.
+    credential: str = ""
+    expires_at: int = 0
+
+
+async def user_for_token(store: Store, token: str) -> User | None:
+    """The user of a live token, or None."""
+    digest = token_digest(token)
+    row = await store.fetch_one(_TOKEN_USER, {"digest": digest, "now": now_us()})
+    if row is None:
+        return None
+    return User(
+        str(row["id"]),
+        str(row["username"]),
+        via="bearer",
+        credential=f"token:{digest}",
+        expires_at=int(row["expires_at"]),
+    )
+
+
+_LIVE_TOKEN = sa.select(api_tokens.c.token_hash).where(
+    api_tokens.c.token_hash == sa.bindparam("digest"),
+    api_tokens.c.revoked_at.is_(None),
+    api_tokens.c.expires_at > sa.bindparam("now"),
+)
+
+
+async def credential_live(store: Store, credential: str) -> bool:
+    """Whether a credential (``User.credential``) is still good: the token neither
+    revoked nor expired, the session neither ended nor expired."""
+    kind, _, digest = credential.partition(":")
+    if kind == "token":
+        found = await store.fetch_val(_LIVE_TOKEN, {"digest": digest, "now": now_us()})
+        return found is not None
+    if kind == "session":
+        return await sessions.live(store, digest)
+    return False
+
+
+async def revoke_token(app: Services, token: str) -> None:
+    """Revoke a token, and end every stream opened with it, in every web process."""
+    digest = token_digest(token)
+    revoke = (
+        api_tokens.update().where(api_tokens.c.token_hash == digest).values(revoked_at=now_us())
+    )
+    await app.store.transaction(lambda conn: conn.execute(revoke))
+    await app.dispatch.credential_ended(f"token:{digest}")
 
 
 def bearer_token(conn: HTTPConnection) -> str | None:
@@ -141,11 +132,9 @@ def bearer_token(conn: HTTPConnection) -> str | None:
 async def authenticate(conn: HTTPConnection) -> User | None:
     """The user behind an HTTP request or WebSocket: bearer token first, then the
     browser session cookie. None if neither is present and valid."""
-    store = services(conn).store
     token = bearer_token(conn)
     if token is not None:
-        found = await user_for_token(store, token)
-        return None if found is None else User(*found, via="bearer")
+        return await user_for_token(services(conn).store, token)
     session = await sessions.current(conn)
     if session is None:
         return None
@@ -156,4 +145,10 @@ async def authenticate(conn: HTTPConnection) -> User | None:
         given = conn.headers.get(sessions.CSRF_HEADER)
         if not sessions.same_origin(conn) or not sessions.csrf_matches(session.csrf_token, given):
             return None
-    return User(session.user_id, session.username, via="session")
+    return User(
+        session.user_id,
+        session.username,
+        via="session",
+        credential=session.credential,
+        expires_at=session.expires_at,
+    )

@@ -14,11 +14,11 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import TYPE_CHECKING, Any
 
-from server import admin, auth, errors
+from server import admin, errors, logs, passwords
 from server.audit import audit
 from server.money import parse_amount
 from server.redisbox import bundled_redis
-from server.settings import LOG_FORMAT, ConfigError, Settings
+from server.settings import ConfigError, Settings
 from server.store import Store, create_schema, open_store
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _create_user(store: Store, name: str, password: str, deposit: int | None) -> str:
-    _, account_id = await admin.create_user(store, name, auth.hash_password(password))
+    _, account_id = await admin.create_user(store, name, passwords.hash_password(password))
     if deposit:
         await admin.deposit(store, account_id, deposit)
     return account_id
@@ -143,18 +143,16 @@ def serve(factory: str, settings: Settings, workers: int) -> None:
     """
     import uvicorn
 
+    from server.protocol import uvicorn_options
+
     uvicorn.run(
         factory,
         factory=True,
         host=settings.host,
         port=settings.port,
         workers=workers,
-        proxy_headers=True,
         log_level="info",
-        access_log=False,
-        # permessage-deflate keeps two zlib streams per socket (~35 KB, most of an idle
-        # socket's memory); events are small JSON, so memory wins over bandwidth here.
-        ws_per_message_deflate=False,
+        **uvicorn_options(settings),
     )
 
 
@@ -212,9 +210,9 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _run_all(settings: Settings) -> None:
     """Web and worker in one event loop, sharing one database handle (one write lock)."""
-    import uvicorn
 
     from jobs.worker import run_worker
+    from server import protocol
     from server.app import create_app
 
     assert settings.redis_url is not None
@@ -229,16 +227,11 @@ async def _run_all(settings: Settings) -> None:
         print(f"  users: {names}  (demo password: {DEMO_PASSWORD})")
     print("  press Ctrl+C to stop\n", flush=True)
     app = create_app(settings, store=store)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=settings.host,
-            port=settings.port,
-            log_level="info",
-            access_log=False,
-            ws_per_message_deflate=False,
-        )
-    )
+    server = protocol.Server(protocol.config(app, settings, log_level="info"))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        # A second Ctrl+C forces the exit (uvicorn's rule): the worker and store still close.
+        loop.add_signal_handler(sig, server.handle_exit, sig, None)
     freeze_heap()
     stop = asyncio.Event()
     worker = asyncio.create_task(run_worker(settings, store, stop))
@@ -297,13 +290,24 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _stop_on_sigterm(signum: int, frame: Any) -> None:
+    # SIGTERM (systemd, honcho, container runtimes) stops settle the way Ctrl+C does:
+    # every ``finally`` runs, the bundled redis-server included. uvicorn, when it catches
+    # the signal itself, re-raises it here once it has shut down.
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``settle`` console script."""
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    logs.configure()
     args = parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         settings = Settings.from_env()
         return int(args.fn(settings, args))
+    except KeyboardInterrupt:
+        print("settle: stopped", file=sys.stderr)
+        return 0
     except ConfigError as exc:
         print(f"settle: configuration error: {exc}", file=sys.stderr)
         return 2

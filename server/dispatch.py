@@ -37,6 +37,11 @@ def channel(settings: Settings, account_id: str) -> str:
     return f"{settings.redis_prefix}:events:{account_id}"
 
 
+def ended_channel(settings: Settings) -> str:
+    """Where ended credentials are announced to every web process (``Hub``)."""
+    return f"{settings.redis_prefix}:ended"
+
+
 # arq's enqueue_job (WATCH, EXISTS, then MULTI/EXEC: three round trips) as one script,
 # so that a transfer's job and its events leave in one round trip. The same keys, the
 # same job encoding, and the same refusal of a job id that is queued or has a result.
@@ -87,6 +92,18 @@ class Dispatcher:
         ids = list(transfer_ids)
         if ids:
             await self._send(ids, ())
+
+    async def credential_ended(self, credential: str) -> None:
+        """Tell every web process that ``credential`` ("token:<digest>",
+        "session:<digest>") ended: they close the streams opened with it (4401).
+
+        Best-effort like the rest: if Redis is unreachable now, every web process's
+        subscription is broken too, and on reconnecting each checks its streams'
+        credentials against the database (``Hub``)."""
+        try:
+            await self.redis.publish(ended_channel(self.settings), credential)
+        except (RedisError, OSError) as exc:
+            log.warning("credential end not announced; hubs recheck on reconnect: %r", exc)
 
     async def close(self) -> None:
         """Wait for what is being sent."""

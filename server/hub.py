@@ -18,7 +18,7 @@ import dataclasses
 import logging
 import random
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -27,6 +27,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from server import events, metrics, reads
+from server.dispatch import ended_channel
 from server.settings import Settings
 from server.store import Store
 
@@ -50,32 +51,50 @@ CONTENT_CACHE = 2048
 
 # The htmx pages' fragments for one message (``server.fragments.content_renderer``).
 RenderContent = Callable[[dict[str, Any]], str]
+# Whether a credential ("token:<digest>", "session:<digest>") is still good.
+CredentialLive = Callable[[str], Awaitable[bool]]
 
 
 class Subscription:
     """One socket's view of one account: a bounded inbox plus the last seq it was sent."""
 
     def __init__(
-        self, hub: Hub, account_id: str, owner: str, since: int, size: int, fragments: bool
+        self,
+        hub: Hub,
+        account_id: str,
+        owner: str,
+        since: int,
+        size: int,
+        fragments: bool = False,
+        credential: str = "",
     ) -> None:
         self.hub = hub
         self.account_id = account_id
         self.owner = owner
         self.last_seq = since
+        # What the socket was opened with (when it ends, the socket closes with 4401).
+        self.credential = credential
         # htmx pages: every message also carries its HTML ``content``.
         self.fragments = fragments
         self.queue: asyncio.Queue[Outgoing] = asyncio.Queue(maxsize=size)
-        # Set by the fan-out when the inbox overflows; the socket's owner closes with 1013.
-        self.overflowed = asyncio.Event()
+        # Set when the socket must close, with ``close_code``: 1013 when the inbox
+        # overflows, 4401 when the credential ends. One event: one waiting task a socket.
+        self.stopped = asyncio.Event()
+        self.close_code = 0
+
+    def stop(self, code: int) -> None:
+        if not self.stopped.is_set():
+            self.close_code = code
+            self.stopped.set()
 
     def offer(self, item: Outgoing) -> None:
         """Queue without waiting (called from the fan-out loop, never blocks)."""
-        if self.overflowed.is_set():
+        if self.stopped.is_set():
             return
         try:
             self.queue.put_nowait(item)
         except asyncio.QueueFull:
-            self.overflowed.set()
+            self.stop(1013)
             self.hub.unsubscribe(self)
 
     async def next(self) -> list[Outgoing]:
@@ -122,10 +141,15 @@ class Hub:
         store: Store,
         lag: Histogram | None = None,
         render: RenderContent | None = None,
+        credential_live: CredentialLive | None = None,
     ) -> None:
         assert settings.redis_url is not None
         self.lag = lag
         self.render = render
+        self.credential_live = credential_live
+        self._by_credential: dict[str, set[Subscription]] = {}
+        self._ended_channel = ended_channel(settings)
+        self._rechecks: set[asyncio.Task[None]] = set()
         self._content: OrderedDict[tuple[str, int], str] = OrderedDict()
         self.settings = settings
         self.store = store
@@ -144,26 +168,54 @@ class Hub:
             await asyncio.wait_for(self.connected.wait(), wait_s)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        for task in [self._task, *self._rechecks]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = None
 
     def subscribe(
-        self, account_id: str, owner: str, since: int, fragments: bool = False
+        self,
+        account_id: str,
+        owner: str,
+        since: int,
+        fragments: bool = False,
+        credential: str = "",
     ) -> Subscription:
         """Register before replaying, so no live event falls between replay and live."""
-        sub = Subscription(self, account_id, owner, since, self.queue_size, fragments)
+        sub = Subscription(self, account_id, owner, since, self.queue_size, fragments, credential)
         self._subs.setdefault(account_id, set()).add(sub)
+        if credential:
+            self._by_credential.setdefault(credential, set()).add(sub)
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
-        subs = self._subs.get(sub.account_id)
-        if subs is not None:
-            subs.discard(sub)
-            if not subs:
-                del self._subs[sub.account_id]
+        for index, key in ((self._subs, sub.account_id), (self._by_credential, sub.credential)):
+            subs = index.get(key)
+            if subs is not None:
+                subs.discard(sub)
+                if not subs:
+                    del index[key]
+
+    def end_credential(self, credential: str) -> None:
+        """Every stream opened with ``credential`` ends (its socket closes with 4401)."""
+        for sub in list(self._by_credential.get(credential, ())):
+            sub.stop(4401)
+
+    async def _recheck_credentials(self) -> None:
+        """After a reconnect, announcements of ended credentials may have been missed:
+        ask the database about each credential that has a stream open here."""
+        if self.credential_live is None:
+            return
+        for credential in list(self._by_credential):
+            try:
+                live = await self.credential_live(credential)
+            except Exception as exc:
+                log.warning("credential recheck failed, retried on reconnect: %r", exc)
+                return
+            if not live:
+                self.end_credential(credential)
 
     @property
     def subscriber_count(self) -> int:
@@ -213,6 +265,7 @@ class Hub:
             pubsub = client.pubsub()
             try:
                 await pubsub.psubscribe(self._pattern)
+                await pubsub.subscribe(self._ended_channel)
                 # The subscription is confirmed before the resync reads the log, so an
                 # event is either in what the resync reads or arrives live (or both).
                 async for msg in pubsub.listen():
@@ -223,6 +276,12 @@ class Hub:
                     elif msg["type"] == "pmessage":
                         channel = msg["channel"].decode()
                         self.fan_out(channel[self._prefix_len :], msg["data"])
+                    elif msg["type"] == "message":
+                        self.end_credential(msg["data"].decode(errors="replace"))
+                    elif msg["type"] == "subscribe":
+                        recheck = asyncio.create_task(self._recheck_credentials())
+                        self._rechecks.add(recheck)
+                        recheck.add_done_callback(self._rechecks.discard)
                 raise ConnectionError("pub/sub connection ended")
             except (RedisError, OSError) as exc:
                 if self.connected.is_set():

@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from server import auth, errors, fragments, sessions
+from server import auth, errors, fragments, sessions, throttle
 from server.services import services
 
 
@@ -54,36 +54,45 @@ async def login(request: Request) -> Response:
     if not expected:
         return _login_page(request, "Your login form expired; please try again.", 403, username)
     sessions.check_csrf(request, expected, form)
+    app = services(request)
     try:
-        await sessions.check_rate_limit(request, username)
+        attempt = await app.throttle.attempt(request, username)
     except errors.RateLimited as exc:
-        response = _login_page(request, "Too many failed attempts. Wait a few minutes.", 429)
+        wait = _wait_text(exc.retry_after)
+        response = _login_page(request, f"Too many failed attempts. Try again in {wait}.", 429)
         response.headers["Retry-After"] = str(exc.retry_after)
         return response
-    app = services(request)
-    store, settings = app.store, app.settings
     try:
-        user_id = await auth.check_credentials(store, username, password)
+        user_id = await auth.check_credentials(app.store, app.hasher, username, password)
     except errors.Unauthorized:
-        await sessions.record_failure(request, username)
         # One message for unknown user and wrong password: never reveal which it was.
         return _login_page(request, "Wrong username or password.", 401, username)
-    await sessions.clear_failures(request, username)
+    await app.throttle.succeeded(attempt)
     old = request.cookies.get(sessions.COOKIE)
     if old:
-        await sessions.delete(store, settings, old)
-    token, _ = await sessions.create(store, settings, user_id)
+        await sessions.end(app, old)
+    token, _ = await sessions.create(app.store, app.settings, user_id)
     response = RedirectResponse(_safe_next(str(form.get("next", ""))), status_code=303)
     sessions.set_cookie(request, response, sessions.COOKIE, token, sessions.SESSION_TTL_S)
     sessions.clear_cookie(response, sessions.LOGIN_CSRF_COOKIE)
+    # This browser is now a known device of the account: strangers' failed attempts on
+    # the account do not lock it out (server.throttle).
+    device = throttle.device_token(app.settings, username)
+    sessions.set_cookie(request, response, throttle.DEVICE_COOKIE, device, throttle.DEVICE_TTL_S)
     return response
+
+
+def _wait_text(seconds: int) -> str:
+    if seconds < 60:
+        return f"{seconds} second{'s' if seconds != 1 else ''}"
+    minutes = -(-seconds // 60)
+    return f"{minutes} minute{'s' if minutes != 1 else ''}"
 
 
 async def logout(request: Request) -> Response:
     session = await sessions.require(request)
     sessions.check_csrf(request, session.csrf_token, await request.form())
-    app = services(request)
-    await sessions.delete(app.store, app.settings, request.cookies[sessions.COOKIE])
+    await sessions.end(services(request), request.cookies[sessions.COOKIE])
     response = RedirectResponse("/login", status_code=303)
     sessions.clear_cookie(response, sessions.COOKIE)
     return response

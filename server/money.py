@@ -7,6 +7,9 @@ import re
 from server.errors import InvalidAmount
 
 MAX_AMOUNT = 1_000_000_000_00  # 1,000,000,000.00 in cents
+# Longer text is refused before any conversion: Python will not turn a string of over
+# 4,300 digits into an int, and nothing that long is a valid amount anyway.
+MAX_TEXT = 32
 
 _DECIMAL = re.compile(r"(?P<units>[0-9]+)(?:\.(?P<frac>[0-9]{1,2}))?")
 
@@ -14,19 +17,19 @@ _DECIMAL = re.compile(r"(?P<units>[0-9]+)(?:\.(?P<frac>[0-9]{1,2}))?")
 def parse_amount(value: object, field: str = "amount") -> int:
     """Parse an API amount into cents.
 
-    Accepts a decimal string ("12.34") or a JSON number. JSON numbers arrive as int,
-    or as the exact source text when the JSON was decoded with ``parse_float=str``
-    (see ``server.api.read_json``), so "1.234" and "1e309" are seen as written.
+    Accepts a decimal string ("12.34") or a JSON number. JSON numbers arrive as the
+    exact source text (see ``server.api.read_json``), so "1.234" and "1e309" are seen as
+    written. Nothing else: no sign, no spaces, no thousands separators.
     """
     if isinstance(value, bool):
         raise InvalidAmount("amount must be a number or a decimal string", field)
     if isinstance(value, int):
         text = str(value)
     elif isinstance(value, str):
-        text = value.strip()
+        text = value
     else:
         raise InvalidAmount("amount must be a number or a decimal string", field)
-    match = _DECIMAL.fullmatch(text)
+    match = _DECIMAL.fullmatch(text) if len(text) <= MAX_TEXT else None
     if match is None:
         raise InvalidAmount(
             'amount must be a positive decimal with at most 2 decimal places, like "12.34"',

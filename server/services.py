@@ -14,8 +14,10 @@ from starlette.requests import HTTPConnection
 from server.dispatch import Dispatcher
 from server.hub import Hub
 from server.metrics import Metrics
+from server.passwords import Hasher
 from server.settings import Settings
 from server.store import Store
+from server.throttle import Throttle
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +29,8 @@ class Services:
     metrics: Metrics
     hub: Hub
     templates: jinja2.Environment
+    throttle: Throttle
+    hasher: Hasher
 
 
 def services(conn: HTTPConnection) -> Services:

@@ -21,7 +21,7 @@ from starlette.responses import Response
 
 from server import errors
 from server.schema import now_us, sessions, users
-from server.services import services
+from server.services import Services, services
 from server.settings import Settings
 from server.store import Store
 
@@ -33,12 +33,6 @@ CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "x-csrf-token"
 SESSION_TTL_S = 7 * 24 * 3600
 
-# Login attempts: after this many failures for one username (or from one address)
-# within the window, further attempts are refused with 429 until the window passes.
-MAX_FAILURES_PER_USER = 5
-MAX_FAILURES_PER_ADDRESS = 30
-FAILURE_WINDOW_S = 300
-
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
@@ -49,6 +43,9 @@ class Session:
     user_id: str
     username: str
     csrf_token: str
+    # "session:<id hash>": what a stream opened with this session is ended by.
+    credential: str = ""
+    expires_at: int = 0  # microseconds since the epoch
 
 
 def _digest(settings: Settings, token: str) -> str:
@@ -69,15 +66,18 @@ async def create(store: Store, settings: Settings, user_id: str) -> tuple[str, s
     return token, csrf
 
 
-async def delete(store: Store, settings: Settings, token: str) -> None:
-    digest = _digest(settings, token)
-    await store.transaction(
+async def end(app: Services, token: str) -> None:
+    """End the session this cookie value names (logout, or a new login replacing it):
+    delete it, and end every stream opened with it, in every web process."""
+    digest = _digest(app.settings, token)
+    await app.store.transaction(
         lambda conn: conn.execute(sessions.delete().where(sessions.c.id_hash == digest))
     )
+    await app.dispatch.credential_ended(f"session:{digest}")
 
 
 _SESSION = (
-    sa.select(users.c.id, users.c.username, sessions.c.csrf_token)
+    sa.select(users.c.id, users.c.username, sessions.c.csrf_token, sessions.c.expires_at)
     .join(sessions, sessions.c.user_id == users.c.id)
     .where(
         sessions.c.id_hash == sa.bindparam("digest"), sessions.c.expires_at > sa.bindparam("now")
@@ -88,10 +88,27 @@ _SESSION = (
 async def lookup(store: Store, settings: Settings, token: str) -> Session | None:
     if not token or len(token) > 128:
         return None
-    row = await store.fetch_one(_SESSION, {"digest": _digest(settings, token), "now": now_us()})
+    digest = _digest(settings, token)
+    row = await store.fetch_one(_SESSION, {"digest": digest, "now": now_us()})
     if row is None:
         return None
-    return Session(str(row["id"]), str(row["username"]), str(row["csrf_token"]))
+    return Session(
+        str(row["id"]),
+        str(row["username"]),
+        str(row["csrf_token"]),
+        f"session:{digest}",
+        int(row["expires_at"]),
+    )
+
+
+_LIVE_SESSION = sa.select(sessions.c.id_hash).where(
+    sessions.c.id_hash == sa.bindparam("digest"), sessions.c.expires_at > sa.bindparam("now")
+)
+
+
+async def live(store: Store, digest: str) -> bool:
+    """Whether the session with this id hash still exists and has not expired."""
+    return await store.fetch_val(_LIVE_SESSION, {"digest": digest, "now": now_us()}) is not None
 
 
 async def current(conn: HTTPConnection) -> Session | None:
@@ -147,44 +164,3 @@ def set_cookie(request: Request, response: Response, name: str, value: str, max_
 
 def clear_cookie(response: Response, name: str) -> None:
     response.delete_cookie(name, path="/", httponly=True, samesite="lax")
-
-
-def client_address(request: Request) -> str:
-    return request.client.host if request.client is not None else "unknown"
-
-
-def _limit_keys(settings: Settings, request: Request, username: str) -> list[tuple[str, int]]:
-    user_key = hashlib.sha256(username.lower().encode()).hexdigest()[:32]
-    return [
-        (f"{settings.redis_prefix}:login:user:{user_key}", MAX_FAILURES_PER_USER),
-        (f"{settings.redis_prefix}:login:addr:{client_address(request)}", MAX_FAILURES_PER_ADDRESS),
-    ]
-
-
-async def check_rate_limit(request: Request, username: str) -> None:
-    """Raise RateLimited if this username or address failed to log in too often.
-
-    Counted in Redis, so every web process shares the same limit."""
-    app = services(request)
-    for key, limit in _limit_keys(app.settings, request, username):
-        failures = await app.redis.get(key)
-        if failures is not None and int(failures) >= limit:
-            ttl = await app.redis.ttl(key)
-            raise errors.RateLimited(
-                "too many failed logins; wait a few minutes and try again",
-                retry_after=max(int(ttl), 1),
-            )
-
-
-async def record_failure(request: Request, username: str) -> None:
-    app = services(request)
-    for key, _ in _limit_keys(app.settings, request, username):
-        # The window starts at the first failure (EXPIRE NX needs Redis 7; we run 6.2).
-        if await app.redis.incr(key) == 1 or await app.redis.ttl(key) < 0:
-            await app.redis.expire(key, FAILURE_WINDOW_S)
-
-
-async def clear_failures(request: Request, username: str) -> None:
-    app = services(request)
-    key, _ = _limit_keys(app.settings, request, username)[0]
-    await app.redis.delete(key)

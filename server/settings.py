@@ -28,6 +28,8 @@ class Settings:
     port: int = 8000
     # uvicorn worker processes for ``settle web`` (the --workers default).
     web_concurrency: int = 1
+    # Open connections (HTTP and WebSocket) per web process; more are answered 503.
+    max_connections: int = 10_000
     settle_delay_ms: int = 0
     # A transfer still pending this long after acceptance is re-enqueued by the sweeper.
     sweep_after_ms: int = 5000
@@ -79,6 +81,7 @@ class Settings:
             host=env.get("HOST", "127.0.0.1"),
             port=_int(env, "PORT", 8000),
             web_concurrency=max(_int(env, "WEB_CONCURRENCY", 1), 1),
+            max_connections=max(_int(env, "SETTLE_MAX_CONNECTIONS", 10_000), 1),
             settle_delay_ms=_int(env, "SETTLE_DELAY_MS", 0),
             sweep_after_ms=_int(env, "SETTLE_SWEEP_AFTER_MS", 5000),
             sweep_interval_s=_int(env, "SETTLE_SWEEP_INTERVAL_S", 2),

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from server import errors, faults, ledger, limits, settlement
+from server import errors, faults, ledger, limits, settlement, text
 from server.dispatch import Dispatcher
 from server.events import Event
 from server.metrics import SETTLEMENT
@@ -41,14 +41,9 @@ def idempotency_key(value: str | None) -> str | None:
 
 
 def memo_text(value: str | None) -> str:
-    """The one rule for a memo: optional, at most MAX_MEMO characters, no NUL."""
-    if value is None:
-        return ""
-    if len(value) > MAX_MEMO:
-        raise errors.InvalidField(f"memo must be at most {MAX_MEMO} characters", "memo")
-    if "\x00" in value:
-        raise errors.InvalidField("memo must not contain NUL characters", "memo")
-    return value
+    """The one rule for a memo: optional, at most MAX_MEMO characters of text
+    (``server.text``)."""
+    return "" if value is None else text.check(value, "memo", MAX_MEMO)
 
 
 def order(

@@ -77,6 +77,7 @@ async def stream(websocket: WebSocket) -> None:
         user.username,
         start_seq if since is None else since,
         fragments=websocket.query_params.get("fragments") == "1",
+        credential=user.credential,
     )
     try:
         await websocket.accept()
@@ -86,7 +87,7 @@ async def stream(websocket: WebSocket) -> None:
     tasks = [
         asyncio.create_task(_send_loop(websocket, sub, app.settings.ws_ping_s)),
         asyncio.create_task(_receive_loop(websocket)),
-        asyncio.create_task(_overflow(sub)),
+        asyncio.create_task(_stopped(sub, user.expires_at)),
     ]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -158,9 +159,22 @@ async def _receive_loop(websocket: WebSocket) -> Close | None:
             return Close(1008, "too many client messages")
 
 
-async def _overflow(sub: Subscription) -> Close:
-    await sub.overflowed.wait()
-    return Close(1013, "too slow: reconnect with since")
+CLOSE_REASONS = {
+    1013: "too slow: reconnect with since",
+    4401: "the credential ended; authenticate again",
+}
+
+
+async def _stopped(sub: Subscription, expires_at: int) -> Close:
+    """When the socket must close: its inbox overflowed (1013), or the credential it was
+    opened with ended (4401): revoked, logged out, or expired (``expires_at``,
+    microseconds since the epoch)."""
+    left = expires_at / 1_000_000 - time.time() if expires_at else None
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(max(left, 0.0) if left is not None else None):
+            await sub.stopped.wait()
+    code = sub.close_code or 4401  # not stopped: the credential expired
+    return Close(code, CLOSE_REASONS[code])
 
 
 async def _close(websocket: WebSocket, close: Close) -> None:

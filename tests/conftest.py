@@ -20,7 +20,7 @@ import uvicorn
 from arq import Worker
 
 from jobs.worker import create_worker
-from server import admin, auth, ledger
+from server import admin, auth, ledger, passwords, protocol
 from server.app import create_app
 from server.audit import audit
 from server.redisbox import redis_settings, start_redis_server, stop_redis_server
@@ -28,8 +28,11 @@ from server.schema import metadata, new_id, now_us
 from server.settings import Settings
 from server.store import Conn, Store, create_schema, open_store
 
+# The server settings of tests that serve an app of their own making.
+TEST_SERVER = Settings(database_url="", redis_url=None, secret_key="", var_dir=Path())
+
 # Cheap scrypt for the many users tests create; the production cost is tested separately.
-auth.set_cost(2**10)
+passwords.set_cost(2**10)
 
 
 @pytest.fixture(scope="session")
@@ -154,7 +157,7 @@ class Stack:
     async def customer(self, deposit: str = "100.00", name: str | None = None) -> Customer:
         username = name or f"user{uuid.uuid4().hex[:8]}"
         user_id, account = await admin.create_user(
-            self.store, username, auth.hash_password("pw-" + username)
+            self.store, username, passwords.hash_password("pw-" + username)
         )
         if deposit != "0":
             from server.money import parse_amount
@@ -202,6 +205,25 @@ class Stack:
             await worker.close()
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def fleet(settings: Settings, tmp_path: Path) -> Iterator[Any]:
+    """settle subprocesses by name (``tests.fleet.Fleet``), all stopped at the end."""
+    from tests.fleet import Fleet
+
+    f = Fleet(settings, tmp_path)
+    try:
+        yield f
+    finally:
+        f.stop_all()
+
+
 def free_socket() -> socket.socket:
     # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted connections only when the
     # listening socket says TCP; without it each response waits ~40 ms for a delayed ACK.
@@ -212,12 +234,14 @@ def free_socket() -> socket.socket:
 
 
 @contextlib.asynccontextmanager
-async def serve(app: Any) -> AsyncIterator[str]:
-    """Run ``app`` on uvicorn on a free loopback port in this event loop; yield its URL."""
+async def serve(app: Any, settings: Settings | None = None) -> AsyncIterator[str]:
+    """Run ``app`` on uvicorn, configured as ``settle web`` is (``server.protocol``), on a
+    free loopback port in this event loop; yield its URL."""
     sock = free_socket()
     port = sock.getsockname()[1]
+    options = protocol.uvicorn_options(settings or TEST_SERVER)
     server = uvicorn.Server(
-        uvicorn.Config(app, log_level="warning", lifespan="on", ws_ping_interval=None)
+        uvicorn.Config(app, log_level="warning", lifespan="on", ws_ping_interval=None, **options)
     )
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
@@ -235,7 +259,7 @@ async def serve(app: Any) -> AsyncIterator[str]:
 @pytest.fixture
 async def stack(settings: Settings, store: Store) -> AsyncIterator[Stack]:
     app = create_app(settings, store=store)
-    async with serve(app) as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
+    async with serve(app, settings) as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
         yield Stack(settings, store, url, client)
 
 

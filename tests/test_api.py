@@ -8,10 +8,11 @@ import re
 import time
 from typing import Any
 
+import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from server import admin, sessions
+from server import admin, throttle
 from server.settings import Settings
 from server.store import Store
 from tests.conftest import Customer, Stack, execute
@@ -97,6 +98,56 @@ async def test_raw_json_number_amounts_are_parsed_exactly_or_refused(
     assert r.status_code in (400, 422), r.text
     assert r.json()["error"]["code"] in ("invalid_amount", "invalid_json")
     assert await snapshot(stack) == before
+
+
+HOSTILE_AMOUNTS = {
+    "5,001 digits as a string": b'"' + b"5" * 5001 + b'"',
+    "4,400 digits as a JSON number": b"9" * 4400,
+    "4,400 digits with a fraction": b"9" * 4400 + b".5",
+    "spaces around": b'" 5.00 "',
+    "a non-breaking space": '"\u00a05.00"'.encode(),
+    "a newline after": b'"5.00\\n"',
+}
+
+
+@pytest.mark.parametrize("label", list(HOSTILE_AMOUNTS))
+async def test_hostile_amounts_are_422_invalid_amount_never_500(stack: Stack, label: str) -> None:
+    alice, bob = await stack.customer("10.00"), await stack.customer("0")
+    before = await snapshot(stack)
+    body = b'{"from_account": "%s", "to_account": "%s", "amount": %s}' % (
+        alice.account.encode(),
+        bob.account.encode(),
+        HOSTILE_AMOUNTS[label],
+    )
+    r = await stack.client.post("/api/transfers", content=body, headers=alice.headers)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_amount", r.text
+    assert await snapshot(stack) == before
+
+
+@pytest.mark.parametrize("field", ["from_account", "to_account", "memo"])
+async def test_lone_surrogates_in_transfer_fields_are_422(stack: Stack, field: str) -> None:
+    alice, bob = await stack.customer("10.00"), await stack.customer("0")
+    before = await snapshot(stack)
+    body = {"from_account": alice.account, "to_account": bob.account, "amount": "1.00"}
+    # JSON can spell a lone surrogate (\ud800), which no database or encoder takes.
+    raw = orjson.dumps(body).replace(b"}", b', "%s": "x\\ud800y"}' % field.encode())
+    r = await stack.client.post("/api/transfers", content=raw, headers=alice.headers)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"] == {
+        "code": "invalid_field",
+        "message": f"{field} must be valid Unicode text",
+        "field": field,
+    }
+    assert await snapshot(stack) == before
+
+
+@pytest.mark.parametrize("field", ["username", "password"])
+async def test_lone_surrogates_in_token_requests_are_422(stack: Stack, field: str) -> None:
+    body = {"username": "alice", "password": "pw"}
+    del body[field]
+    raw = orjson.dumps(body)[:-1] + b', "%s": "x\\udc00y"}' % field.encode()
+    r = await stack.client.post("/api/tokens", content=raw)
+    assert r.status_code == 422 and r.json()["error"]["field"] == field, r.text
 
 
 async def test_a_json_number_amount_with_two_decimals_is_exact(stack: Stack) -> None:
@@ -259,7 +310,7 @@ async def test_token_requests_share_the_login_lockout(stack: Stack) -> None:
     on either count together."""
     alice = await stack.customer("0")
     wrong = {"username": alice.username, "password": "guess"}
-    for _ in range(sessions.MAX_FAILURES_PER_USER):
+    for _ in range(throttle.FREE_PER_ACCOUNT):
         assert (await stack.client.post("/api/tokens", json=wrong)).status_code == 401
     right = {**wrong, "password": "pw-" + alice.username}
     r = await stack.client.post("/api/tokens", json=right)

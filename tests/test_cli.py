@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+import httpx
+
 from server.settings import Settings
-from tests.conftest import Stack, execute, settings_env
+from tests.conftest import Stack, execute, free_port, settings_env
 
 
 def settle(settings: Settings, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -92,3 +101,78 @@ def test_production_refuses_to_start_without_a_secret_key(settings: Settings) ->
         check=False,
     )
     assert done.returncode == 2 and "SECRET_KEY must be set" in done.stderr
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped by its parent) is gone for our purpose.
+    with contextlib.suppress(FileNotFoundError):
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    return False
+
+
+async def _gone(pid: int, within: float = 15) -> bool:
+    deadline = time.monotonic() + within
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+@contextlib.asynccontextmanager
+async def settle_run(settings: Settings, var: Path) -> AsyncIterator[tuple[Any, int]]:
+    """``settle run`` with its bundled Redis (no REDIS_URL) under ``var``: the process and
+    the pid of the redis-server it started."""
+    port = free_port()
+    env = settings_env(settings, SETTLE_VAR_DIR=str(var), PORT=str(port), HOST="127.0.0.1")
+    del env["REDIS_URL"]
+    with (var / "run.log").open("ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "server.cli", "run"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+    try:
+        async with httpx.AsyncClient(timeout=2) as client:
+            deadline = time.monotonic() + 60
+            while True:
+                assert proc.poll() is None, (var / "run.log").read_text()
+                with contextlib.suppress(httpx.TransportError):
+                    if (await client.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200:
+                        break
+                assert time.monotonic() < deadline, "settle run did not start"
+                await asyncio.sleep(0.05)
+        yield proc, int((var / "redis.pid").read_text())
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+async def test_sigterm_stops_settle_run_and_the_redis_it_started(
+    settings: Settings, tmp_path: Path
+) -> None:
+    async with settle_run(settings, tmp_path) as (proc, redis_pid):
+        assert _alive(redis_pid)
+        proc.terminate()
+        assert await asyncio.to_thread(proc.wait, 30) == 0
+        assert await _gone(redis_pid), "the bundled redis-server outlived settle run"
+
+
+async def test_after_a_kill_9_the_next_start_finds_nothing_in_its_way(
+    settings: Settings, tmp_path: Path
+) -> None:
+    async with settle_run(settings, tmp_path) as (proc, redis_pid):
+        proc.kill()
+        proc.wait()
+        assert await _gone(redis_pid), "the bundled redis-server outlived a kill -9 of settle"
+    async with settle_run(settings, tmp_path) as (proc, redis_pid):
+        proc.send_signal(signal.SIGINT)  # Ctrl+C
+        assert await asyncio.to_thread(proc.wait, 30) == 0
+        assert await _gone(redis_pid)

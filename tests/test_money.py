@@ -19,7 +19,8 @@ from server.money import MAX_AMOUNT, format_amount, parse_amount
         (7, 700),
         (JsonNumber("12.30"), 1230),
         ("1000000000.00", MAX_AMOUNT),
-        (" 2.00 ", 200),
+        (JsonNumber("7"), 700),
+        ("0001.00", 100),
     ],
 )
 def test_valid_amounts_parse_exactly(raw: object, cents: int) -> None:
@@ -46,6 +47,12 @@ def test_valid_amounts_parse_exactly(raw: object, cents: int) -> None:
         "1_000",
         "١٢",
         "1000000000.01",
+        " 2.00 ",
+        "\xa05.00",
+        "5.00\n",
+        "5" * 5001,
+        JsonNumber("9" * 4400),
+        JsonNumber("-" + "9" * 4400),
         -5,
         0,
         True,

@@ -13,10 +13,7 @@ import collections
 import contextlib
 import dataclasses
 import random
-import socket
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, Literal
 
 import httpx
@@ -26,12 +23,13 @@ import sqlalchemy as sa
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosedError
 
-from server import admin, auth, views
+from server import admin, auth, passwords, views
 from server.audit import audit
 from server.money import format_amount
 from server.schema import accounts, transfers
 from server.settings import Settings
 from server.store import Store
+from tests.conftest import free_port
 from tests.fleet import Fleet, Holder
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -53,22 +51,6 @@ MEMO = "scale"
 def _needs_postgres(postgres_url: str | None) -> None:
     if postgres_url is None:
         pytest.skip("needs PostgreSQL: set TEST_DATABASE_URL (SQLite has one writer per file)")
-
-
-@pytest.fixture
-def fleet(settings: Settings, tmp_path: Path) -> Iterator[Fleet]:
-    f = Fleet(settings, tmp_path)
-    try:
-        yield f
-    finally:
-        f.stop_all()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,7 +143,9 @@ async def test_many_processes_settle_every_transfer_once_and_streams_match_the_l
 
     holders: list[Holder] = []
     for i in range(ACCOUNTS):
-        user_id, account = await admin.create_user(store, f"scale{i}", auth.hash_password("pw"))
+        user_id, account = await admin.create_user(
+            store, f"scale{i}", passwords.hash_password("pw")
+        )
         await admin.deposit(store, account, DEPOSIT)
         holders.append(Holder(account, await auth.issue_token(store, user_id, 3600)))
     for port in ports:

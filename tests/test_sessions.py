@@ -8,7 +8,7 @@ import re
 import httpx
 import pytest
 
-from server import sessions
+from server import sessions, throttle
 from tests.conftest import Customer, Stack
 
 TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
@@ -88,7 +88,7 @@ async def test_a_username_with_nul_is_just_wrong(stack: Stack) -> None:
 async def test_login_is_rate_limited_after_repeated_failures(stack: Stack) -> None:
     alice = await stack.customer()
     async with browser(stack) as client:
-        for _ in range(sessions.MAX_FAILURES_PER_USER):
+        for _ in range(throttle.FREE_PER_ACCOUNT):
             assert (await attempt(client, alice.username, "guess")).status_code == 401
         r = await attempt(client, alice.username, "pw-" + alice.username)
         assert r.status_code == 429, "even the right password waits out the lockout"

@@ -114,7 +114,7 @@ async def test_events_log_every_change_with_balances(stack: Stack) -> None:
 # The use cases (server/transfers.py) apply one set of rules, whichever door a transfer
 # comes through: the JSON API or the HTML form.
 
-BAD_KEYS = ["k" * 256, "clé-1", "tab\tkey"]
+BAD_KEYS = ["k" * 300, "clé-1", "tab\tkey"]
 
 
 async def _sent(stack: Stack, who: Customer) -> int:
@@ -148,6 +148,14 @@ async def test_the_api_and_the_form_refuse_the_same_idempotency_keys(
     r = await _form_post(stack, alice, to=bob.username, idempotency_key=key)
     assert r.status_code == 422 and "Idempotency-Key must be 1 to 255" in r.text
     assert await _sent(stack, alice) == 0, "nothing written"
+
+
+async def test_a_form_key_with_nul_is_refused_on_every_database(stack: Stack) -> None:
+    """PostgreSQL text cannot hold NUL: the form's key is checked, not stored as sent."""
+    alice, bob = await stack.customer("10.00"), await stack.customer("0")
+    r = await _form_post(stack, alice, to=bob.username, idempotency_key="nul\x00key")
+    assert r.status_code == 422 and "Idempotency-Key must be 1 to 255" in r.text
+    assert await _sent(stack, alice) == 0
 
 
 @pytest.mark.parametrize(

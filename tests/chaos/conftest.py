@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 from server.settings import Settings
 from server.store import Store
 from tests.chaos.harness import Chaos, Deployment, Redis, Round, Watcher, holders, render
+from tests.conftest import free_port
 
 ROUNDS: list[Round] = []
 SUMMARY = Path("var/chaos-summary.md")
@@ -63,13 +63,6 @@ def settings(tmp_path: Path, chaos_redis: Redis, postgres_url: str | None) -> Se
         sweep_interval_s=1,
         job_timeout_s=2,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ import sqlalchemy as sa
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidHandshake, WebSocketException
 
-from server import admin, auth, views
+from server import admin, auth, passwords, views
 from server.money import format_amount
 from server.redisbox import start_redis_server, stop_redis_server
 from server.schema import account_events, accounts, ledger_entries, transfers
@@ -108,7 +108,7 @@ async def holders(store: Store, n: int, deposit: int) -> list[Holder]:
     made = []
     for _ in range(n):
         name = f"chaos{os.urandom(4).hex()}"
-        user_id, account = await admin.create_user(store, name, auth.hash_password("pw"))
+        user_id, account = await admin.create_user(store, name, passwords.hash_password("pw"))
         await admin.deposit(store, account, deposit)
         made.append(Holder(account, await auth.issue_token(store, user_id, 3600)))
     return made

@@ -1,0 +1,181 @@
+"""The limits a client cannot stretch (server/protocol.py), against a real uvicorn served
+as ``settle web`` serves, over raw sockets: header size, slow headers and bodies, the
+connection cap, and WebSocket messages refused before they are buffered."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator
+from typing import Any
+
+import uvicorn
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from server import protocol
+from server.app import create_app
+from server.settings import Settings
+from server.store import Store
+from tests.conftest import Stack, free_socket
+from tests.test_live import ws_url
+
+
+class Quick(protocol.GuardedHttp):
+    """The same protocol with timeouts short enough to wait for in a test."""
+
+    header_timeout_s = 0.3
+    body_timeout_s = 0.3
+
+
+@contextlib.asynccontextmanager
+async def served(settings: Settings, store: Store, **options: Any) -> AsyncIterator[int]:
+    """settle on uvicorn with settle's options (and ``options`` over them); its port."""
+    sock = free_socket()
+    config = uvicorn.Config(
+        create_app(settings, store=store),
+        log_level="warning",
+        **{**protocol.uvicorn_options(settings), **options},
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:  # noqa: ASYNC110 (uvicorn offers no event for it)
+        await asyncio.sleep(0.005)
+    try:
+        yield int(sock.getsockname()[1])
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+async def exchange(port: int, *parts: bytes, pause: float = 0.0) -> bytes:
+    """Send ``parts`` (``pause`` apart) until the server answers, as a client would, and
+    return all it answered until it closed the connection."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    answer = bytearray()
+
+    async def read_all() -> None:
+        with contextlib.suppress(ConnectionError):
+            while chunk := await reader.read(65536):
+                answer.extend(chunk)
+
+    reading = asyncio.create_task(read_all())
+    try:
+        with contextlib.suppress(ConnectionError):
+            for part in parts:
+                if answer or reading.done():
+                    break
+                writer.write(part)
+                await writer.drain()
+                if pause:
+                    await asyncio.sleep(pause)
+        await asyncio.wait_for(reading, 10)
+        return bytes(answer)
+    finally:
+        writer.transport.abort()
+
+
+def head(extra: bytes = b"") -> bytes:
+    return b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + extra
+
+
+async def test_headers_over_16_kib_are_refused_431_before_they_are_read(
+    settings: Settings, store: Store
+) -> None:
+    async with served(settings, store) as port:
+        fine = await exchange(
+            port, head(b"X-Pad: " + b"a" * 15_000 + b"\r\nConnection: close\r\n\r\n")
+        )
+        assert fine.startswith(b"HTTP/1.1 200")
+        # A megabyte of header in one go: refused as soon as 16 KiB have arrived.
+        big = await exchange(port, head(b"X-Pad: " + b"a" * (1 << 20) + b"\r\n\r\n"))
+        assert big.startswith(b"HTTP/1.1 431 ") and b'"code":"headers_too_large"' in big
+        # Many small headers add up the same way.
+        many = b"".join(b"X-H%d: %s\r\n" % (i, b"b" * 60) for i in range(400))
+        assert (await exchange(port, head(many + b"\r\n"))).startswith(b"HTTP/1.1 431 ")
+
+
+async def test_a_websocket_handshake_too_long_for_the_websocket_library_gets_431(
+    settings: Settings, store: Store
+) -> None:
+    """websockets refuses handshake lines over 8 KiB, and uvicorn then never answered:
+    the client hung until its own timeout."""
+    upgrade = (
+        b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    async with served(settings, store) as port:
+        line = b"GET /ws?since=" + b"9" * 8200 + b" HTTP/1.1\r\nHost: x\r\n"
+        assert (await exchange(port, line + upgrade)).startswith(b"HTTP/1.1 431 ")
+        header = b"GET /ws HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 8200 + b"\r\n"
+        assert (await exchange(port, header + upgrade)).startswith(b"HTTP/1.1 431 ")
+
+
+async def test_a_client_trickling_its_headers_or_body_is_cut_off_with_408(
+    settings: Settings, store: Store
+) -> None:
+    async with served(settings, store, http=Quick) as port:
+        # Headers never finished.
+        answer = await exchange(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        assert answer.startswith(b"HTTP/1.1 408 ")
+        # Headers one byte at a time, each in time for the last, never in time overall.
+        trickled = [bytes([b]) for b in head(b"X-Slow: yes\r\n" * 10)]
+        answer = await exchange(port, *trickled, pause=0.02)
+        assert answer.startswith(b"HTTP/1.1 408 ")
+        # A body that never comes.
+        post = (
+            b"POST /api/tokens HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100\r\n\r\n{"
+        )
+        assert (await exchange(port, post)).startswith(b"HTTP/1.1 408 ")
+
+
+async def test_connections_over_the_cap_get_503(settings: Settings, store: Store) -> None:
+    capped = dataclasses.replace(settings, max_connections=3)
+    async with served(capped, store) as port:
+        held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
+        try:
+            refused = await exchange(port, head(b"\r\n"))
+            assert refused.startswith(b"HTTP/1.1 503 ") and b"too many open connections" in refused
+        finally:
+            for _, writer in held:
+                writer.close()
+        # Once they are gone, the server serves again.
+        for _ in range(50):
+            answer = await exchange(port, head(b"Connection: close\r\n\r\n"))
+            if answer.startswith(b"HTTP/1.1 200"):
+                break
+            await asyncio.sleep(0.02)
+        assert answer.startswith(b"HTTP/1.1 200")
+
+
+async def test_a_websocket_frame_over_4_kib_is_refused_1009_unread(stack: Stack) -> None:
+    alice = await stack.customer()
+    async with connect(
+        ws_url(stack.base_url, alice.account), additional_headers=alice.headers
+    ) as ws:
+        # The frame header announces 16 MiB; the server must close without waiting for it.
+        await ws.send("x" * (protocol.WS_MAX_MESSAGE + 1))
+        try:
+            async with asyncio.timeout(10):
+                async for _ in ws:
+                    pass
+        except ConnectionClosed:
+            pass
+        assert ws.close_code == 1009
+
+
+async def test_no_server_header_and_api_answers_are_not_cached(stack: Stack) -> None:
+    alice = await stack.customer()
+    r = await stack.client.get(f"/api/accounts/{alice.account}", headers=alice.headers)
+    assert "server" not in r.headers
+    assert r.headers["cache-control"] == "no-store"
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert "strict-transport-security" not in r.headers, "plain HTTP: no HSTS"
+    # Behind a TLS proxy (uvicorn trusts X-Forwarded-Proto from loopback): HSTS.
+    https = await stack.client.get("/healthz", headers={"X-Forwarded-Proto": "https"})
+    assert https.headers["strict-transport-security"].startswith("max-age=")
+    static = await stack.client.get("/static/settle.css")
+    assert "no-store" not in static.headers.get("cache-control", "")
