@@ -25,12 +25,14 @@ from server.schema import new_id, now_us
 
 DEPOSIT = 1_000_000_00
 TOKEN_TTL_US = 24 * 3600 * 1_000_000
+PENDING_TTL_US = 24 * 3600 * 1_000_000
 
 _INSERT = {
     "transfers": "INSERT INTO transfers (id, from_account, to_account, amount, currency, memo,"
-    " status, failure_reason, created_by, created_at, settled_at) VALUES (:id, :from_account,"
-    " :to_account, :amount, :currency, :memo, :status, :failure_reason, :created_by,"
-    " :created_at, :settled_at)",
+    " status, failure_reason, created_by, created_at, settled_at, from_name, to_name, kind,"
+    " expires_at) VALUES (:id, :from_account, :to_account, :amount, :currency, :memo, :status,"
+    " :failure_reason, :created_by, :created_at, :settled_at, :from_name, :to_name, :kind,"
+    " :expires_at)",
     "ledger_entries": "INSERT INTO ledger_entries (transfer_id, account_id, amount, created_at)"
     " VALUES (:transfer_id, :account_id, :amount, :created_at)",
     "account_events": "INSERT INTO account_events (account_id, seq, type, transfer_id, payload,"
@@ -139,7 +141,9 @@ class Seeder:
         self._load_accounts()
 
     def _load_accounts(self) -> None:
-        rows = self.conn.execute("SELECT * FROM accounts").fetchall()
+        rows = self.conn.execute(
+            "SELECT accounts.*, users.username FROM accounts JOIN users ON users.id = user_id"
+        ).fetchall()
         self.accounts = {r["id"]: dict(r) for r in rows}
 
     def _commit(self) -> None:
@@ -188,6 +192,10 @@ class Seeder:
             "created_by": self.accounts[src]["user_id"],
             "created_at": at,
             "settled_at": at + 2000 if status == "completed" else None,
+            "from_name": views.party_name(self.accounts[src]),
+            "to_name": views.party_name(self.accounts[dst]),
+            "kind": "deposit" if self.accounts[src]["kind"] == "funding" else "transfer",
+            "expires_at": at + PENDING_TTL_US,
         }
         self.rows["transfers"].append(row)
         a, b = self.accounts[src], self.accounts[dst]

@@ -67,8 +67,9 @@ async def settle_transfer(ctx: dict[str, Any], transfer_id: str) -> int:
 
 
 async def sweep(ctx: dict[str, Any]) -> int:
-    """Re-enqueue transfers pending well past their due time; their job was lost
-    (a crash between commit and enqueue, or a Redis restart without persistence).
+    """Fail the transfers pending past their expiry (``SETTLE_PENDING_TTL_S``), and
+    re-enqueue those pending well past their due time: their job was lost (a crash
+    between commit and enqueue, or a Redis restart without persistence).
 
     Runs safely in any number of workers: enqueueing uses the transfer's job id, which
     arq refuses to queue twice, and settlement is exactly once in the database anyway.
@@ -77,6 +78,10 @@ async def sweep(ctx: dict[str, Any]) -> int:
     """
     settings: Settings = ctx["settings"]
     store: Store = ctx["store"]
+    if await reads.any_expired(store, now_us()):
+        with contextlib.suppress(settlement.Busy):  # a settlement runs: next sweep
+            expired = await transfers.expire(store, ctx["dispatch"])
+            log.warning("sweeper: %d transfers expired while pending", len(expired) // 2)
     due = now_us() - (settings.settle_delay_ms + settings.sweep_after_ms) * 1000
     stuck = await reads.pending_older_than(store, due)
     if not stuck:

@@ -18,9 +18,12 @@ _USER_BY_NAME = sa.select(users.c.id).where(users.c.username == sa.bindparam("na
 _FUNDING = sa.select(accounts.c.id).where(
     accounts.c.kind == "funding", accounts.c.currency == sa.bindparam("currency")
 )
-_USER_ACCOUNT = sa.select(accounts).where(
-    accounts.c.id == sa.bindparam("acct"), accounts.c.kind == "user"
+_USER_ACCOUNT = (
+    sa.select(accounts, users.c.username)
+    .join(users, users.c.id == accounts.c.user_id)
+    .where(accounts.c.id == sa.bindparam("acct"), accounts.c.kind == "user")
 )
+_FUNDING_NAME = sa.select(accounts.c.name).where(accounts.c.id == sa.bindparam("acct"))
 
 
 async def create_user(
@@ -96,6 +99,7 @@ async def deposit(store: Store, account_id: str, amount: int, memo: str = "Depos
             raise errors.AccountNotFound(f"no user account {account_id!r}")
         src_id = await _funding_account(conn, dst["currency"])
         bank = await conn.fetch_val(sa.select(accounts.c.user_id).where(accounts.c.id == src_id))
+        funding_name = await conn.fetch_val(_FUNDING_NAME, {"acct": src_id})
         at = now_us()
         values = {
             "id": new_id("tr"),
@@ -109,6 +113,10 @@ async def deposit(store: Store, account_id: str, amount: int, memo: str = "Depos
             "created_by": bank,
             "created_at": at,
             "settled_at": at,
+            "from_name": funding_name,
+            "to_name": views.party_name(dst),
+            "kind": "deposit",
+            "expires_at": None,
         }
         await conn.execute(transfers.insert().values(**values))
         src_row, dst_row = await move_pair(

@@ -23,7 +23,14 @@ import sqlalchemy as sa
 
 from server import errors, views
 from server.events import CANCELLED, PENDING, Event
-from server.schema import account_events, accounts, idempotency_keys, ledger_entries, transfers
+from server.schema import (
+    account_events,
+    accounts,
+    idempotency_keys,
+    ledger_entries,
+    transfers,
+    users,
+)
 from server.store import Conn, Row
 
 BALANCE_COLUMNS = (
@@ -59,7 +66,13 @@ INSERT_EVENT = account_events.insert()
 INSERT_ENTRY = ledger_entries.insert()
 _INSERT_TRANSFER = transfers.insert()
 _ACCOUNT = sa.select(accounts).where(accounts.c.id == sa.bindparam("acct"))
-_OWN_ACCOUNT = _ACCOUNT.where(accounts.c.user_id == sa.bindparam("uid"))
+# With its owner's username: a transfer keeps its parties' names.
+_PARTY = (
+    sa.select(accounts, users.c.username)
+    .join(users, users.c.id == accounts.c.user_id)
+    .where(accounts.c.id == sa.bindparam("acct"))
+)
+_OWN_PARTY = _PARTY.where(accounts.c.user_id == sa.bindparam("uid"))
 _IDEMPOTENCY_KEY = sa.select(idempotency_keys).where(
     idempotency_keys.c.user_id == sa.bindparam("uid"), idempotency_keys.c.key == sa.bindparam("key")
 )
@@ -185,16 +198,18 @@ async def replay(conn: Conn, order: Order) -> Accepted | None:
     return Accepted(row["transfer_id"], row["response"].encode(), [], replayed=True)
 
 
-async def accept(conn: Conn, order: Order, transfer_id: str, at: int) -> Accepted:
+async def accept(
+    conn: Conn, order: Order, transfer_id: str, at: int, expires_at: int | None = None
+) -> Accepted:
     """Accept a transfer as pending: reserve the amount on the sender's account and log
     the events of both accounts, atomically; or replay the key's earlier response."""
     earlier = await replay(conn, order)
     if earlier is not None:
         return earlier
-    src = await conn.fetch_one(_OWN_ACCOUNT, {"acct": order.from_account, "uid": order.user_id})
+    src = await conn.fetch_one(_OWN_PARTY, {"acct": order.from_account, "uid": order.user_id})
     if src is None:
         raise errors.AccountNotFound("no such account of yours", "from_account")
-    dst = await conn.fetch_one(_ACCOUNT, {"acct": order.to_account})
+    dst = await conn.fetch_one(_PARTY, {"acct": order.to_account})
     if dst is None or dst["kind"] != "user":
         raise errors.AccountNotFound("no such recipient account", "to_account")
     if src["id"] == dst["id"]:
@@ -237,6 +252,10 @@ async def accept(conn: Conn, order: Order, transfer_id: str, at: int) -> Accepte
         "created_by": order.user_id,
         "created_at": at,
         "settled_at": None,
+        "from_name": views.party_name(src),
+        "to_name": views.party_name(dst),
+        "kind": "transfer",
+        "expires_at": expires_at,
     }
     await conn.execute(_INSERT_TRANSFER, values)
     transfer = views.transfer_of(values)

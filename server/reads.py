@@ -66,6 +66,11 @@ _EVENTS_AFTER = (
     .order_by(account_events.c.seq)
 )
 _PENDING_COUNT = sa.select(sa.func.count()).where(transfers.c.status == "pending")
+_EXPIRED_ONE = (
+    sa.select(transfers.c.id)
+    .where(transfers.c.status == "pending", transfers.c.expires_at <= sa.bindparam("at"))
+    .limit(1)
+)
 
 
 def _history(before: bool) -> sa.Select[Any]:
@@ -197,6 +202,11 @@ async def is_sender(store: Store, user_id: str, transfer: Row) -> bool:
 async def pending_older_than(store: Store, before_us: int, limit: int = 1000) -> list[str]:
     rows = await store.fetch_all(_PENDING_BEFORE, {"before": before_us, "n": limit})
     return [r["id"] for r in rows]
+
+
+async def any_expired(store: Store, at: int) -> bool:
+    """Whether a pending transfer has reached its expiry (an index lookup)."""
+    return await store.fetch_val(_EXPIRED_ONE, {"at": at}) is not None
 
 
 async def pending_count(store: Store) -> int:

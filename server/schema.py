@@ -78,7 +78,16 @@ transfers = sa.Table(
     sa.Column("created_by", sa.String(40), sa.ForeignKey("users.id"), nullable=False),
     sa.Column("created_at", Micros, nullable=False),
     sa.Column("settled_at", Micros, nullable=True),
+    # The two parties as a person reads them (the owner's username; the account's name for
+    # the bank's funding accounts), kept as they were when the transfer was made.
+    sa.Column("from_name", sa.String(100), nullable=False, server_default=""),
+    sa.Column("to_name", sa.String(100), nullable=False, server_default=""),
+    # "transfer" between users, or "deposit" from the bank's funding account.
+    sa.Column("kind", sa.String(10), nullable=False, server_default="transfer"),
+    # Still pending at this time, it fails with failure_reason "expired" (bounded pending).
+    sa.Column("expires_at", Micros, nullable=True),
     sa.Index("ix_transfers_status_created", "status", "created_at"),
+    sa.Index("ix_transfers_status_expires", "status", "expires_at"),
     # An account's history, newest first, one index-ordered scan per side
     # (``ledger.history_query``): ``id`` is in the key because it breaks created_at ties.
     sa.Index("ix_transfers_from_created_id", "from_account", "created_at", "id"),

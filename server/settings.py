@@ -34,6 +34,9 @@ class Settings:
     # A transfer still pending this long after acceptance is re-enqueued by the sweeper.
     sweep_after_ms: int = 5000
     sweep_interval_s: int = 2
+    # A transfer still pending this long after acceptance fails as "expired" (the
+    # workers down for a day, say): its reservation is released and both sides told.
+    pending_ttl_s: int = 86_400
     # Short, so that a job whose worker was SIGKILLed is retried soon (arq waits timeout + 10 s).
     job_timeout_s: int = 10
     settle_batch_size: int = 500
@@ -85,6 +88,7 @@ class Settings:
             settle_delay_ms=_int(env, "SETTLE_DELAY_MS", 0),
             sweep_after_ms=_int(env, "SETTLE_SWEEP_AFTER_MS", 5000),
             sweep_interval_s=_int(env, "SETTLE_SWEEP_INTERVAL_S", 2),
+            pending_ttl_s=max(_int(env, "SETTLE_PENDING_TTL_S", 86_400), 1),
             job_timeout_s=_int(env, "SETTLE_JOB_TIMEOUT_S", 10),
             settle_batch_size=_int(env, "SETTLE_BATCH_SIZE", 500),
             redis_prefix=env.get("SETTLE_REDIS_PREFIX", "settle"),

@@ -40,6 +40,12 @@ _DUE_PENDING = (
     .order_by(transfers.c.created_at, transfers.c.id)
     .limit(sa.bindparam("n"))
 )
+_EXPIRED = (
+    sa.select(transfers)
+    .where(transfers.c.status == "pending", transfers.c.expires_at <= sa.bindparam("at"))
+    .order_by(transfers.c.expires_at, transfers.c.id)
+    .limit(sa.bindparam("n"))
+)
 # Only ever applied to transfers read as pending under the batch's locks.
 _FINISH = (
     transfers.update()
@@ -65,6 +71,41 @@ _SET_BALANCES = (
 class Busy(Exception):
     """Another settlement transaction holds the lock (PostgreSQL): nothing was settled;
     try again shortly."""
+
+
+async def expire(conn: Conn, at: int, limit: int) -> list[Event]:
+    """Fail, as "expired", up to ``limit`` transfers still pending at their expiry (the
+    workers down for a day, say): reservations released, both accounts told. Under the
+    same lock as settlement, so a transfer is settled or expired, never both."""
+    if not await conn.try_lock(SETTLE_LOCK):
+        raise Busy
+    batch = list(await conn.fetch_all(conn.locking(_EXPIRED, True), {"at": at, "n": limit}))
+    if not batch:
+        return []
+    plan = await _plan(conn, batch, at)
+    for row in batch:
+        plan.fail(row, "expired")
+    await _write(conn, plan)
+    return plan.events
+
+
+async def _plan(conn: Conn, batch: list[Row], at: int) -> Plan:
+    """A plan for ``batch``, with every account it touches locked, in id order."""
+    touched = sorted({r["from_account"] for r in batch} | {r["to_account"] for r in batch})
+    locked = await conn.fetch_all(
+        conn.locking(
+            sa.select(*BALANCE_COLUMNS).where(accounts.c.id.in_(touched)).order_by(accounts.c.id)
+        )
+    )
+    return Plan({r["id"]: dict(r) for r in locked}, at)
+
+
+async def _write(conn: Conn, plan: Plan) -> None:
+    """A plan's effects, one statement per table."""
+    await conn.execute_many(_FINISH, plan.finished)
+    await conn.execute_many(_SET_BALANCES, plan.balances())
+    await conn.execute_many(INSERT_ENTRY, plan.entries)
+    await conn.execute_many(INSERT_EVENT, [e.log_row() for e in plan.events])
 
 
 async def settle(
@@ -95,20 +136,11 @@ async def settle(
     if not batch:
         return []
     batch.sort(key=lambda r: (r["created_at"], r["id"]))
-    touched = sorted({r["from_account"] for r in batch} | {r["to_account"] for r in batch})
     # Lock every account the batch touches, in id order, before changing any.
-    locked = await conn.fetch_all(
-        conn.locking(
-            sa.select(*BALANCE_COLUMNS).where(accounts.c.id.in_(touched)).order_by(accounts.c.id)
-        )
-    )
-    plan = Plan({r["id"]: dict(r) for r in locked}, at)
+    plan = await _plan(conn, batch, at)
     for row in batch:
         plan.settle(row)
-    await conn.execute_many(_FINISH, plan.finished)
-    await conn.execute_many(_SET_BALANCES, plan.balances())
-    await conn.execute_many(INSERT_ENTRY, plan.entries)
-    await conn.execute_many(INSERT_EVENT, [e.log_row() for e in plan.events])
+    await _write(conn, plan)
     if before_commit is not None:
         before_commit()
     return plan.events
@@ -125,17 +157,27 @@ class Plan:
         self.events: list[Event] = []
 
     def settle(self, row: Row) -> None:
-        """Complete the transfer, or fail it when its destination is frozen."""
-        amount, src, dst = row["amount"], row["from_account"], row["to_account"]
-        if self.accounts[dst]["status"] == "frozen":
-            outcome, reason = FAILED, "account_frozen"
-            self._change(src, pending_debits=-amount)
-            self._change(dst, pending_credits=-amount)
+        """Complete the transfer; fail it when it expired, or its destination is frozen."""
+        if row["expires_at"] is not None and row["expires_at"] <= self.at:
+            self.fail(row, "expired")
+        elif self.accounts[row["to_account"]]["status"] == "frozen":
+            self.fail(row, "account_frozen")
         else:
-            outcome, reason = COMPLETED, None
+            amount, src, dst = row["amount"], row["from_account"], row["to_account"]
             self._change(src, posted=-amount, pending_debits=-amount)
             self._change(dst, posted=amount, pending_credits=-amount)
             self.entries += entries(row, self.at)
+            self._finish(row, COMPLETED, None)
+
+    def fail(self, row: Row, reason: str) -> None:
+        """Fail the transfer: its reservation is released, nothing is posted."""
+        amount = row["amount"]
+        self._change(row["from_account"], pending_debits=-amount)
+        self._change(row["to_account"], pending_credits=-amount)
+        self._finish(row, FAILED, reason)
+
+    def _finish(self, row: Row, outcome: str, reason: str | None) -> None:
+        src, dst = row["from_account"], row["to_account"]
         status = outcome.removeprefix("transfer.")
         self.finished.append({"tid": row["id"], "outcome": status, "reason": reason, "at": self.at})
         transfer = views.transfer_of(

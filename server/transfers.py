@@ -76,9 +76,10 @@ async def send(app: Services, request: ledger.Order) -> Sent:
     """Accept a transfer as pending (or replay the response its key already got)."""
     await limits.check_transfer_rate(app.redis, app.settings, request.user_id)
     transfer_id, at = new_id("tr"), now_us()
+    expires_at = at + app.settings.pending_ttl_s * 1_000_000
     try:
         accepted = await app.store.transaction(
-            lambda conn: ledger.accept(conn, request, transfer_id, at)
+            lambda conn: ledger.accept(conn, request, transfer_id, at, expires_at)
         )
     except ledger.KeyTaken:
         # An identical request won the race for the key: answer what it answered.
@@ -133,6 +134,15 @@ async def settle(
     events = await store.transaction(
         lambda conn: settlement.settle(conn, transfer_id, size, ready_before, now_us(), crash_point)
     )
+    await dispatch.publish(events)
+    SETTLEMENT.record({e.transfer_id: e.transfer for e in events}.values())
+    return events
+
+
+async def expire(store: Store, dispatch: Dispatcher, limit: int = 500) -> list[Event]:
+    """Fail, as "expired", the transfers still pending at their expiry (the sweeper's
+    job): reservations released, events published, counted. Busy if a settlement runs."""
+    events = await store.transaction(lambda conn: settlement.expire(conn, now_us(), limit))
     await dispatch.publish(events)
     SETTLEMENT.record({e.transfer_id: e.transfer for e in events}.values())
     return events

@@ -42,12 +42,21 @@ def account_of(row: Row, owner: str) -> dict[str, Any]:
     }
 
 
+def party_name(account: Row) -> str:
+    """How a person reads an account's name: its owner's username (the row joined with
+    ``users.username``), or for the bank's funding accounts their own name."""
+    return str(account["username"] if account["kind"] == "user" else account["name"])
+
+
 def transfer_of(row: Row) -> dict[str, Any]:
     created, settled = row["created_at"], row["settled_at"]
     return {
         "id": row["id"],
+        "kind": row["kind"],
         "from_account": row["from_account"],
+        "from_name": row["from_name"],
         "to_account": row["to_account"],
+        "to_name": row["to_name"],
         "amount": format_amount(row["amount"]),
         "currency": row["currency"],
         "memo": row["memo"],
@@ -55,6 +64,8 @@ def transfer_of(row: Row) -> dict[str, Any]:
         "failure_reason": row["failure_reason"],
         "created_at": iso(created),
         "settled_at": iso(settled),
+        # Still pending then, it fails as "expired" (SETTLE_PENDING_TTL_S).
+        "expires_at": iso(row["expires_at"]),
         # The consistency window this transfer went through, shown to users as
         # "settled in 4 ms".
         "settled_in_ms": None if settled is None else round((settled - created) / 1000, 1),

@@ -39,7 +39,7 @@ async def test_migrations_from_empty_match_the_declared_schema(store: Store) -> 
     # The store fixture migrated this (empty) database to head.
     assert await schema_drift(store.url) == []
     version = await store.fetch_val("SELECT version_num FROM alembic_version")
-    assert version == "0003"
+    assert version == "0004"
 
 
 async def test_upgrade_from_the_first_revision_keeps_data(tmp_path: Path) -> None:
@@ -58,3 +58,34 @@ async def test_upgrade_from_the_first_revision_keeps_data(tmp_path: Path) -> Non
         assert conn.exec_driver_sql("SELECT username FROM users").scalar() == "olduser"
     engine.dispose()
     assert await schema_drift(url) == []
+
+
+async def test_0004_names_the_parties_of_existing_transfers(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    await asyncio.to_thread(migrate.upgrade, url, "0003")
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        for sql in (
+            "INSERT INTO users VALUES ('usr_b', 'bank', '!', 1), ('usr_a', 'ann', '!', 1),"
+            " ('usr_c', 'cy', '!', 1)",
+            "INSERT INTO accounts (id, user_id, name, currency, kind, status, created_at)"
+            " VALUES ('acc_f', 'usr_b', 'Funding USD', 'USD', 'funding', 'active', 1),"
+            " ('acc_a', 'usr_a', 'Main', 'USD', 'user', 'active', 1),"
+            " ('acc_c', 'usr_c', 'Main', 'USD', 'user', 'active', 1)",
+            "INSERT INTO transfers (id, from_account, to_account, amount, currency, memo,"
+            " status, created_by, created_at) VALUES"
+            " ('tr_1', 'acc_f', 'acc_a', 100, 'USD', '', 'completed', 'usr_b', 10),"
+            " ('tr_2', 'acc_a', 'acc_c', 50, 'USD', '', 'pending', 'usr_a', 20)",
+        ):
+            conn.exec_driver_sql(sql)
+    await asyncio.to_thread(migrate.upgrade, url, "0004")
+    with engine.connect() as conn:
+        rows = conn.exec_driver_sql(
+            "SELECT id, from_name, to_name, kind, expires_at FROM transfers ORDER BY id"
+        ).fetchall()
+    engine.dispose()
+    day = 86_400 * 1_000_000
+    assert [tuple(r) for r in rows] == [
+        ("tr_1", "Funding USD", "ann", "deposit", 10 + day),
+        ("tr_2", "ann", "cy", "transfer", 20 + day),
+    ]
