@@ -156,11 +156,28 @@ async def create_transfer(request: Request) -> Response:
         data["amount"],
         text_field(data, "memo", max_len=MAX_MEMO, required=False),
         request.headers.get("idempotency-key"),
+        _guard_seconds(data),
     )
     sent = await transfers.send(services(request), order)
     metrics.note(request, sent.transfer_id, accepted=not sent.replayed)
     headers = {"Idempotent-Replayed": "true"} if sent.replayed else None
     return JSONResponse(sent.response, status_code=202, headers=headers)
+
+
+def _guard_seconds(data: dict[str, Any]) -> int:
+    """``guard_duplicates_s``: a whole number of seconds, if the client asks for the
+    duplicate guard."""
+    value = data.get("guard_duplicates_s")
+    if value is None:
+        return 0
+    text = value if isinstance(value, JsonNumber) else ""
+    if not (text.isascii() and text.isdigit() and len(text) <= 4 and int(text) >= 1):
+        raise errors.InvalidField(
+            f"guard_duplicates_s must be a whole number of seconds from 1 to"
+            f" {transfers.MAX_GUARD_S}",
+            "guard_duplicates_s",
+        )
+    return int(text)
 
 
 async def get_transfer(request: Request) -> Response:

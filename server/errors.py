@@ -103,6 +103,24 @@ class NotPending(SettleError):
     status, code = 409, "not_pending"
 
 
+class PossibleDuplicate(SettleError):
+    """The same amount went to the same recipient a moment ago (the duplicate guard):
+    not sent; send again to confirm."""
+
+    status, code = 409, "possible_duplicate"
+
+    def __init__(self, message: str, earlier: Mapping[str, object]) -> None:
+        super().__init__(message, "amount")
+        self.earlier = dict(earlier)  # the transfer object of the earlier one
+
+    def to_dict(self) -> dict[str, object]:
+        body = super().to_dict()
+        error = body["error"]
+        assert isinstance(error, dict)
+        error["duplicate_of"] = self.earlier
+        return body
+
+
 class RateLimited(SettleError):
     status, code = 429, "rate_limited"
 

@@ -73,6 +73,20 @@ _PARTY = (
     .where(accounts.c.id == sa.bindparam("acct"))
 )
 _OWN_PARTY = _PARTY.where(accounts.c.user_id == sa.bindparam("uid"))
+# The latest transfer of this amount between these accounts since a time, that did not
+# fail or get cancelled (from the sender's history index).
+_RECENT_SAME = (
+    sa.select(transfers)
+    .where(
+        transfers.c.from_account == sa.bindparam("src"),
+        transfers.c.created_at >= sa.bindparam("since"),
+        transfers.c.to_account == sa.bindparam("dst"),
+        transfers.c.amount == sa.bindparam("amount"),
+        sa.or_(transfers.c.status == "pending", transfers.c.status == "completed"),
+    )
+    .order_by(transfers.c.created_at.desc())
+    .limit(1)
+)
 _IDEMPOTENCY_KEY = sa.select(idempotency_keys).where(
     idempotency_keys.c.user_id == sa.bindparam("uid"), idempotency_keys.c.key == sa.bindparam("key")
 )
@@ -157,6 +171,9 @@ class Order:
     amount: int  # cents, > 0
     memo: str = ""
     idempotency_key: str | None = None
+    # The duplicate guard: refuse if the same amount went from and to the same accounts
+    # within this many seconds (0: no guard). Not part of what the key is bound to.
+    guard_s: int = 0
 
     @functools.cached_property
     def digest(self) -> str:
@@ -224,6 +241,23 @@ async def accept(
             raise errors.AccountFrozen("the account is frozen", field)
 
     amount = order.amount
+    if order.guard_s:
+        earlier = await conn.fetch_one(
+            _RECENT_SAME,
+            {
+                "src": order.from_account,
+                "dst": order.to_account,
+                "amount": amount,
+                "since": at - order.guard_s * 1_000_000,
+            },
+        )
+        if earlier is not None:
+            ago = max(1, (at - earlier["created_at"]) // 1_000_000)
+            raise errors.PossibleDuplicate(
+                f"the same amount went to {earlier['to_name']} {ago} s ago; send again"
+                " without the guard to send it twice",
+                views.transfer_of(earlier),
+            )
     src_row, dst_row = await move_pair(
         conn,
         order.from_account,

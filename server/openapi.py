@@ -44,7 +44,8 @@ _ERRORS = {
     400: "invalid_json: the body is not a JSON object",
     401: "unauthorized: no valid bearer token (or wrong credentials)",
     404: "account_not_found, transfer_not_found (not the caller's, or no such id), not_found",
-    409: "not_pending: the transfer is no longer pending",
+    409: "not_pending: the transfer is no longer pending; possible_duplicate: the same"
+    " amount went to the same account within guard_duplicates_s (error.duplicate_of is it)",
     413: f"payload_too_large: the body is larger than {MAX_BODY // 1024} KiB",
     422: "invalid_field, invalid_amount, or a rule the request breaks (see the code)",
     429: "rate_limited: too many transfers, or login attempts; retry after Retry-After seconds",
@@ -99,6 +100,10 @@ SCHEMA: dict[str, Any] = {
                             "field": {
                                 "type": "string",
                                 "description": "The request field or header at fault",
+                            },
+                            "duplicate_of": {
+                                **_ref("Transfer"),
+                                "description": "possible_duplicate: the earlier transfer",
                             },
                         },
                     }
@@ -206,6 +211,13 @@ SCHEMA: dict[str, Any] = {
                         ],
                     },
                     "memo": {"type": ["string", "null"], "maxLength": MAX_MEMO, "pattern": _NO_NUL},
+                    "guard_duplicates_s": {
+                        "description": "Refuse (409 possible_duplicate) if the same amount"
+                        " went to the same account within this many seconds",
+                        "type": "integer",
+                        "minimum": 1,
+                        "maximum": 3600,
+                    },
                 },
             },
             "Readiness": {
@@ -349,7 +361,7 @@ SCHEMA: dict[str, Any] = {
                             }
                         },
                     },
-                    **_errors(400, 401, 404, 413, 422, 429),
+                    **_errors(400, 401, 404, 409, 413, 422, 429),
                 },
             }
         },

@@ -65,6 +65,12 @@ _EVENTS_AFTER = (
     )
     .order_by(account_events.c.seq)
 )
+_LAST_SENT = (
+    sa.select(transfers.c.id)
+    .where(transfers.c.from_account == sa.bindparam("acct"))
+    .order_by(transfers.c.created_at.desc(), transfers.c.id.desc())
+    .limit(1)
+)
 _PENDING_COUNT = sa.select(sa.func.count()).where(transfers.c.status == "pending")
 _EXPIRED_ONE = (
     sa.select(transfers.c.id)
@@ -202,6 +208,12 @@ async def is_sender(store: Store, user_id: str, transfer: Row) -> bool:
 async def pending_older_than(store: Store, before_us: int, limit: int = 1000) -> list[str]:
     rows = await store.fetch_all(_PENDING_BEFORE, {"before": before_us, "n": limit})
     return [r["id"] for r in rows]
+
+
+async def last_sent(store: Store, account_id: str) -> str | None:
+    """The id of the newest transfer sent from the account (its history index)."""
+    found = await store.fetch_val(_LAST_SENT, {"acct": account_id})
+    return None if found is None else str(found)
 
 
 async def any_expired(store: Store, at: int) -> bool:

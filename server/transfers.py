@@ -26,6 +26,10 @@ from server.store import Store, findable
 
 MAX_MEMO = 500
 MAX_KEY = 255
+# The duplicate guard's window: the pages always ask for it (unless the user confirmed);
+# API clients may, for up to an hour.
+DUPLICATE_WINDOW_S = 120
+MAX_GUARD_S = 3600
 
 
 def idempotency_key(value: str | None) -> str | None:
@@ -53,8 +57,15 @@ def order(
     amount: object,
     memo: str | None = None,
     key: str | None = None,
+    guard_s: int = 0,
 ) -> ledger.Order:
-    """A transfer request checked against every rule that needs no database."""
+    """A transfer request checked against every rule that needs no database.
+    ``guard_s``: refuse it (``possible_duplicate``) if the same amount went to the same
+    account within that many seconds."""
+    if not 0 <= guard_s <= MAX_GUARD_S:
+        raise errors.InvalidField(
+            f"guard_duplicates_s must be from 1 to {MAX_GUARD_S}", "guard_duplicates_s"
+        )
     return ledger.Order(
         user_id,
         findable(from_account),
@@ -62,6 +73,7 @@ def order(
         parse_amount(amount),
         memo_text(memo),
         idempotency_key(key),
+        guard_s,
     )
 
 

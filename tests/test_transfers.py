@@ -184,3 +184,39 @@ async def test_a_form_key_is_kept_like_an_api_key(stack: Stack) -> None:
     assert again.json()["memo"] == "rent"
     assert await _sent(stack, alice) == 1
     await stack.settle_all()
+
+
+async def test_the_duplicate_guard_refuses_the_same_amount_to_the_same_account(
+    stack: Stack,
+) -> None:
+    alice, bob = await stack.customer("50.00"), await stack.customer("0")
+    first = (await stack.transfer(alice, bob.account, "4.30")).json()
+    guarded = await stack.transfer(alice, bob.account, "4.30", guard_duplicates_s=120)
+    assert guarded.status_code == 409, guarded.text
+    error = guarded.json()["error"]
+    assert error["code"] == "possible_duplicate" and error["duplicate_of"]["id"] == first["id"]
+    assert error["duplicate_of"]["to_name"] == bob.username
+    assert await _sent(stack, alice) == 1, "nothing sent"
+    # Another amount, or the same without the guard, goes through.
+    other = await stack.transfer(alice, bob.account, "4.31", guard_duplicates_s=120)
+    assert other.status_code == 202
+    again = await stack.transfer(alice, bob.account, "4.30")
+    assert again.status_code == 202
+    # A cancelled earlier one is no reason to refuse.
+    carol = await stack.customer("0")
+    tid = (await stack.transfer(alice, carol.account, "1.00")).json()["id"]
+    assert (
+        await stack.client.post(f"/api/transfers/{tid}/cancel", headers=alice.headers)
+    ).status_code == 200
+    retry = await stack.transfer(alice, carol.account, "1.00", guard_duplicates_s=120)
+    assert retry.status_code == 202, retry.text
+    await stack.settle_all()
+
+
+@pytest.mark.parametrize("guard", [0, -1, 3601, "60", 1.5, True])
+async def test_the_duplicate_guard_takes_whole_seconds_up_to_an_hour(
+    stack: Stack, guard: object
+) -> None:
+    alice, bob = await stack.customer("10.00"), await stack.customer("0")
+    r = await stack.transfer(alice, bob.account, "1.00", guard_duplicates_s=guard)
+    assert r.status_code == 422 and r.json()["error"]["field"] == "guard_duplicates_s"

@@ -125,6 +125,9 @@ def findable(value: str) -> str:
     return "" if "\x00" in value else value
 
 
+_SQLITE_TRANSIENT = ("locked", "busy", "rolled back", "closed", "disk I/O", "unable to open")
+
+
 def unavailable(exc: BaseException) -> bool:
     """Whether ``exc`` means a backing service (the database, Redis) is unreachable or
     refusing work for now: the server's problem, but transient. Requests answer 503, so
@@ -132,11 +135,13 @@ def unavailable(exc: BaseException) -> bool:
     if isinstance(exc, asyncpg.ObjectNotInPrerequisiteStateError):
         # ALTER DATABASE ... ALLOW_CONNECTIONS false, a database being dropped.
         return "accepting connections" in str(exc)
+    if isinstance(exc, sqlite3.OperationalError):
+        # The write lock held by another process for longer than we wait, a transaction
+        # SQLite rolled back under us, a file it cannot reach: not a syntax error (a bug).
+        return any(sign in str(exc) for sign in _SQLITE_TRANSIENT)
     return isinstance(
         exc,
         OSError
-        # SQLite: the write lock held by another process for longer than we wait.
-        | sqlite3.OperationalError
         # PostgreSQL: class 08 (connection exceptions), 57 (operator intervention:
         # shutdown, backend terminated, cannot connect now), 53 (too many connections),
         # and asyncpg's own "the connection is closed".
