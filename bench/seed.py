@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from server import admin, auth, ledger, migrate, passwords, views
+from server import admin, auth, chain, migrate, passwords, views
 from server.events import Event
 from server.schema import new_id, now_us
 
@@ -33,14 +33,16 @@ _INSERT = {
     " expires_at) VALUES (:id, :from_account, :to_account, :amount, :currency, :memo, :status,"
     " :failure_reason, :created_by, :created_at, :settled_at, :from_name, :to_name, :kind,"
     " :expires_at)",
-    "ledger_entries": "INSERT INTO ledger_entries (transfer_id, account_id, amount, created_at)"
-    " VALUES (:transfer_id, :account_id, :amount, :created_at)",
+    "ledger_entries": "INSERT INTO ledger_entries (transfer_id, account_id, amount, created_at,"
+    " seq, balance_after, prev_hash, hash) VALUES (:transfer_id, :account_id, :amount,"
+    " :created_at, :seq, :balance_after, :prev_hash, :hash)",
     "account_events": "INSERT INTO account_events (account_id, seq, type, transfer_id, payload,"
     " created_at) VALUES (:account_id, :seq, :type, :transfer_id, :payload, :created_at)",
 }
 _SAVE_ACCOUNT = (
     "UPDATE accounts SET posted = :posted, pending_debits = :pending_debits,"
-    " pending_credits = :pending_credits, seq = :seq WHERE id = :id"
+    " pending_credits = :pending_credits, seq = :seq, entries = :entries,"
+    " chain_head = :chain_head WHERE id = :id"
 )
 
 
@@ -200,9 +202,9 @@ class Seeder:
         self.rows["transfers"].append(row)
         a, b = self.accounts[src], self.accounts[dst]
         if status == "completed":
-            a["posted"] -= amount
-            b["posted"] += amount
-            self.rows["ledger_entries"] += ledger.entries(row, row["settled_at"])
+            for account, change in ((a, -amount), (b, amount)):
+                entry = chain.append(account, row["id"], change, row["settled_at"])
+                self.rows["ledger_entries"].append(entry)
         else:
             a["pending_debits"] += amount
             b["pending_credits"] += amount

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from server import errors, views
-from server.events import COMPLETED, Event
-from server.ledger import INSERT_ENTRY, INSERT_EVENT, entries, move_pair
+from server import errors, settlement, views
+from server.events import Event
 from server.schema import accounts, new_id, now_us, transfers, users
 from server.store import Conn, Store
 
@@ -119,18 +118,12 @@ async def deposit(store: Store, account_id: str, amount: int, memo: str = "Depos
             "expires_at": None,
         }
         await conn.execute(transfers.insert().values(**values))
-        src_row, dst_row = await move_pair(
-            conn, src_id, account_id, {"posted": -amount}, {"posted": amount}
-        )
-        assert src_row is not None and dst_row is not None
-        await conn.execute_many(INSERT_ENTRY, entries(values, at))
-        transfer = views.transfer_of(values)
-        events = [
-            Event.of(COMPLETED, src_row, transfer, at),
-            Event.of(COMPLETED, dst_row, transfer, at),
-        ]
-        await conn.execute_many(INSERT_EVENT, [e.log_row() for e in events])
-        return events
+        # Posted like any settlement: both accounts locked, entries appended to their
+        # chains, balances and events written (server.settlement).
+        plan = await settlement.locked_plan(conn, [values], at)
+        plan.deposit(values)
+        await settlement.write(conn, plan)
+        return plan.events
 
     return await store.transaction(body)
 

@@ -7,16 +7,18 @@ import json
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from server import auth, errors, metrics, reads, text, transfers, views
+from server import auth, errors, metrics, reads, statements, text, transfers, views
 from server.auth import User
+from server.money import format_amount
 from server.responses import JSONResponse
 from server.services import services
 
 MAX_BODY = 64 * 1024
 MAX_PAGE = 200
+MAX_EVENTS = 1000
 MAX_MEMO = transfers.MAX_MEMO
 
 
@@ -142,6 +144,94 @@ async def account_transfers(request: Request) -> Response:
     )
 
 
+async def statement(request: Request) -> Response:
+    """The account's statement between ``from`` and ``to`` (the current month, UTC, by
+    default), as JSON or, with ``format=csv`` or ``Accept: text/csv``, CSV; streamed."""
+    user = await current_user(request)
+    app = services(request)
+    account = await reads.owned_account(app.store, user.id, request.path_params["account_id"])
+    start, end = statements.this_month()
+    if (raw := request.query_params.get("from")) is not None:
+        start = statements.instant(raw, "from")
+    if (raw := request.query_params.get("to")) is not None:
+        end = statements.instant(raw, "to")
+    if end <= start:
+        raise errors.InvalidField("to must be after from", "to")
+    wanted = request.query_params.get("format")
+    if wanted not in (None, "json", "csv"):
+        raise errors.InvalidField("format must be json or csv", "format")
+    as_csv = wanted == "csv" or (wanted is None and "text/csv" in request.headers.get("accept", ""))
+    sheet = await statements.Statement(app.store, account, start, end).open()
+    if as_csv:
+        name = f"statement-{account['id']}-{views.iso(start)}-{views.iso(end)}.csv"
+        disposition = f'attachment; filename="{name.replace(":", "")}"'
+        return StreamingResponse(
+            sheet.csv(),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": disposition},
+        )
+    return StreamingResponse(sheet.json(), media_type="application/json")
+
+
+async def balance_at(request: Request) -> Response:
+    """The account's posted balance at an instant."""
+    user = await current_user(request)
+    app = services(request)
+    account = await reads.owned_account(app.store, user.id, request.path_params["account_id"])
+    raw = request.query_params.get("at")
+    if raw is None:
+        raise errors.InvalidField("at is required: an ISO 8601 instant", "at")
+    at = statements.instant(raw, "at")
+    posted = await statements.balance_at(app.store, account["id"], at)
+    return JSONResponse(
+        {"account": account["id"], "at": views.iso(at), "posted": format_amount(posted)}
+    )
+
+
+async def account_events(request: Request) -> Response:
+    """The account's events after ``since``, as the stream sends them (for programs that
+    cannot hold a socket)."""
+    user = await current_user(request)
+    since = _whole(request, "since", 0, 0, 10**18)
+    limit = _whole(request, "limit", 100, 1, MAX_EVENTS)
+    rows = await reads.events_page(
+        services(request).store, user.id, request.path_params["account_id"], since, limit
+    )
+    next_since = rows[-1]["seq"] if rows else since
+    # The logged payloads as they are: the same bytes the stream sent.
+    body = b'{"events":[' + b",".join(r["payload"].encode() for r in rows) + b"]"
+    return JSONResponse(body + b',"next_since":%d}' % next_since)
+
+
+def _whole(request: Request, name: str, default: int, least: int, most: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 18) or not least <= int(raw) <= most:
+        raise errors.InvalidField(f"{name} must be a whole number from {least} to {most}", name)
+    return int(raw)
+
+
+async def preview_transfer(request: Request) -> Response:
+    """What sending this transfer would leave on the sender's account, or why it would be
+    refused; nothing is written or reserved."""
+    user = await current_user(request)
+    data = await read_json(request)
+    if "amount" not in data:
+        raise errors.InvalidAmount("amount is required", "amount")
+    order = transfers.order(
+        user.id,
+        text_field(data, "from_account", max_len=64),
+        text_field(data, "to_account", max_len=64),
+        data["amount"],
+        text_field(data, "memo", max_len=MAX_MEMO, required=False),
+        guard_s=_guard_seconds(data),  # checked like the transfer's; a preview has no guard
+    )
+    result = await transfers.preview(services(request), order)
+    error = None if result.error is None else result.error.to_dict()["error"]
+    return JSONResponse({"balance_after": result.balance_after, "error": error})
+
+
 async def create_transfer(request: Request) -> Response:
     user = await current_user(request)
     data = await read_json(request)
@@ -167,9 +257,9 @@ async def create_transfer(request: Request) -> Response:
 def _guard_seconds(data: dict[str, Any]) -> int:
     """``guard_duplicates_s``: a whole number of seconds, if the client asks for the
     duplicate guard."""
-    value = data.get("guard_duplicates_s")
-    if value is None:
+    if "guard_duplicates_s" not in data:
         return 0
+    value = data["guard_duplicates_s"]
     text = value if isinstance(value, JsonNumber) else ""
     if not (text.isascii() and text.isdigit() and len(text) <= 4 and int(text) >= 1):
         raise errors.InvalidField(
@@ -204,7 +294,11 @@ routes = [
     Route("/api/accounts", list_accounts, methods=["GET"]),
     Route("/api/accounts/{account_id}", get_account, methods=["GET"]),
     Route("/api/accounts/{account_id}/transfers", account_transfers, methods=["GET"]),
+    Route("/api/accounts/{account_id}/statement", statement, methods=["GET"]),
+    Route("/api/accounts/{account_id}/balance", balance_at, methods=["GET"]),
+    Route("/api/accounts/{account_id}/events", account_events, methods=["GET"]),
     Route("/api/transfers", create_transfer, methods=["POST"]),
+    Route("/api/transfers/preview", preview_transfer, methods=["POST"]),
     Route("/api/transfers/{transfer_id}", get_transfer, methods=["GET"]),
     Route("/api/transfers/{transfer_id}/cancel", cancel_transfer, methods=["POST"]),
 ]

@@ -7,6 +7,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from server import chain
 from server.money import format_amount
 from server.schema import account_events, accounts, ledger_entries, transfers
 from server.store import Conn, Store
@@ -18,6 +19,7 @@ INVARIANTS = {
     4: "each completed transfer has exactly two entries, -amount and +amount; others none",
     5: "no user account has a negative available balance",
     6: "each account's events have seq 1..N with no gap or duplicate",
+    7: "each account's ledger entries form an unbroken hash chain ending at its head",
 }
 
 
@@ -49,9 +51,36 @@ class Report:
 
 
 async def audit(store: Store) -> Report:
-    """Check all six invariants. Reads only, on one snapshot of the database: safe and
-    exact on a live system, and off the event loop."""
-    return await store.read(_check)
+    """Check every invariant. Reads only, safe on a live system, off the event loop:
+    invariants 1-6 and each chain's head on one snapshot of the database; the chains
+    themselves streamed past in one statement (its own snapshot, never all in memory)."""
+    report = await store.read(_check)
+    walker: chain.Walker | None = None
+    async for rows in store.chunks(_CHAIN, size=5000):
+        for row in rows:  # one account's entries after another's, each in seq order
+            if walker is None or row["account_id"] != walker.account_id:
+                _broken(report, walker)
+                walker = chain.Walker(row["account_id"])
+            walker.step(row)
+    _broken(report, walker)
+    return report
+
+
+def _broken(report: Report, walker: chain.Walker | None) -> None:
+    if walker is not None and walker.broken is not None:
+        report.violations[7].append(str(walker.broken))
+
+
+_CHAIN = sa.select(
+    ledger_entries.c.account_id,
+    ledger_entries.c.seq,
+    ledger_entries.c.transfer_id,
+    ledger_entries.c.amount,
+    ledger_entries.c.created_at,
+    ledger_entries.c.balance_after,
+    ledger_entries.c.prev_hash,
+    ledger_entries.c.hash,
+).order_by(ledger_entries.c.account_id, ledger_entries.c.seq)
 
 
 async def _check(store: Conn) -> Report:
@@ -185,4 +214,69 @@ async def _check(store: Conn) -> Report:
         f"{r['id']}: {r['n'] or 0} events, seq {r['lo']}..{r['hi']}, account seq {r['seq']}"
         for r in rows
     ]
+    # 7, the part that needs one snapshot: each account's chain ends at its head.
+    last = ledger_entries.alias("last")
+    heads = await store.fetch_all(
+        sa.select(accounts.c.id, accounts.c.entries, accounts.c.chain_head, last.c.hash)
+        .select_from(
+            accounts.outerjoin(
+                last, sa.and_(last.c.account_id == accounts.c.id, last.c.seq == accounts.c.entries)
+            )
+        )
+        .where(
+            sa.or_(
+                sa.and_(accounts.c.entries == 0, accounts.c.chain_head != chain.GENESIS),
+                sa.and_(
+                    accounts.c.entries > 0,
+                    sa.or_(last.c.hash.is_(None), last.c.hash != accounts.c.chain_head),
+                ),
+            )
+        )
+    )
+    report.violations[7] += [
+        f"{r['id']}: the head of its {r['entries']} entries is not its chain's last hash"
+        for r in heads
+    ]
+    more = await store.fetch_all(
+        sa.select(
+            ledger_entries.c.account_id,
+            accounts.c.entries,
+            sa.func.max(ledger_entries.c.seq).label("top"),
+        )
+        .select_from(ledger_entries.join(accounts, accounts.c.id == ledger_entries.c.account_id))
+        .group_by(ledger_entries.c.account_id, accounts.c.entries)
+        .having(sa.func.max(ledger_entries.c.seq) != accounts.c.entries)
+    )
+    report.violations[7] += [
+        f"{r['account_id']}: entries up to seq {r['top']}, but a recorded length of {r['entries']}"
+        for r in more
+    ]
     return report
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadCheck:
+    ok: bool
+    message: str
+
+
+async def verify_head(store: Store, account_id: str, head: str) -> HeadCheck:
+    """Whether the account's history up to the entry whose hash is ``head`` (a chain
+    head published earlier, e.g. a statement's ``chain_head``) is the history it was:
+    every entry from the first to that one recomputes to exactly the same hashes."""
+    if head == chain.GENESIS:
+        return HeadCheck(True, f"{account_id}: the empty history (nothing to prove)")
+    walker = chain.Walker(account_id)
+    query = _CHAIN.where(ledger_entries.c.account_id == account_id)
+    async for rows in store.chunks(query, size=5000):
+        for row in rows:
+            walker.step(row)
+            if walker.broken is not None:
+                return HeadCheck(False, f"rewritten: {walker.broken}")
+            if row["hash"] == head:
+                return HeadCheck(
+                    True,
+                    f"{account_id}: entries 1 to {row['seq']} are unchanged since the head"
+                    f" {head} was published",
+                )
+    return HeadCheck(False, f"{head} is not an entry of {account_id}'s chain")

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import TYPE_CHECKING, Any
 
 from server import admin, errors, logs, passwords
-from server.audit import audit
+from server.audit import audit, verify_head
 from server.money import parse_amount
 from server.redisbox import bundled_redis
 from server.settings import ConfigError, Settings
@@ -105,6 +105,11 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
+    if args.verify_head:
+        account, head = args.verify_head
+        check = asyncio.run(with_store(settings, lambda s: verify_head(s, account, head)))
+        print(check.message)
+        return 0 if check.ok else 1
     report = asyncio.run(with_store(settings, audit))
     print(report.render())
     return 0 if report.ok else 1
@@ -276,9 +281,14 @@ def parser() -> argparse.ArgumentParser:
     account.add_argument("id")
     account.set_defaults(fn=cmd_account_status)
     sub.add_parser("demo", help="create demo users with balances").set_defaults(fn=cmd_demo)
-    sub.add_parser("audit", help="check every ledger invariant (exit 1 on violation)").set_defaults(
-        fn=cmd_audit
+    check = sub.add_parser("audit", help="check every ledger invariant (exit 1 on violation)")
+    check.add_argument(
+        "--verify-head",
+        nargs=2,
+        metavar=("ACCOUNT", "HASH"),
+        help="prove the account's history up to this chain head (a statement's) unchanged",
     )
+    check.set_defaults(fn=cmd_audit)
     watch = sub.add_parser("watch", help="print an account's live events as JSON lines")
     watch.add_argument("account")
     watch.add_argument("--since", type=int, help="replay the events after this seq first")

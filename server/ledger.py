@@ -23,6 +23,7 @@ import sqlalchemy as sa
 
 from server import errors, views
 from server.events import CANCELLED, PENDING, Event
+from server.money import format_amount
 from server.schema import (
     account_events,
     accounts,
@@ -41,6 +42,8 @@ BALANCE_COLUMNS = (
     accounts.c.seq,
     accounts.c.status,
     accounts.c.kind,
+    accounts.c.entries,
+    accounts.c.chain_head,
 )
 _MOVE = (
     accounts.update()
@@ -141,26 +144,6 @@ async def move_pair(
     return await move(conn, src, src_change, need), dst_row
 
 
-def entries(transfer: Mapping[str, Any], at: int) -> list[dict[str, Any]]:
-    """A completed transfer's two ledger entries: -amount from the source, +amount to
-    the destination."""
-    amount = transfer["amount"]
-    return [
-        {
-            "transfer_id": transfer["id"],
-            "account_id": transfer["from_account"],
-            "amount": -amount,
-            "created_at": at,
-        },
-        {
-            "transfer_id": transfer["id"],
-            "account_id": transfer["to_account"],
-            "amount": amount,
-            "created_at": at,
-        },
-    ]
-
-
 @dataclasses.dataclass(frozen=True)
 class Order:
     """A transfer as its sender asked for it, already validated (``server.transfers``)."""
@@ -215,14 +198,9 @@ async def replay(conn: Conn, order: Order) -> Accepted | None:
     return Accepted(row["transfer_id"], row["response"].encode(), [], replayed=True)
 
 
-async def accept(
-    conn: Conn, order: Order, transfer_id: str, at: int, expires_at: int | None = None
-) -> Accepted:
-    """Accept a transfer as pending: reserve the amount on the sender's account and log
-    the events of both accounts, atomically; or replay the key's earlier response."""
-    earlier = await replay(conn, order)
-    if earlier is not None:
-        return earlier
+async def _parties(conn: Conn, order: Order) -> tuple[Row, Row]:
+    """The sender's and the recipient's accounts, if the rules let money go between
+    them (the sender's own; a user account; another; one currency; neither frozen)."""
     src = await conn.fetch_one(_OWN_PARTY, {"acct": order.from_account, "uid": order.user_id})
     if src is None:
         raise errors.AccountNotFound("no such account of yours", "from_account")
@@ -239,7 +217,44 @@ async def accept(
     for row, field in ((src, "from_account"), (dst, "to_account")):
         if row["status"] != "active":
             raise errors.AccountFrozen("the account is frozen", field)
+    return src, dst
 
+
+@dataclasses.dataclass(frozen=True)
+class Preview:
+    """What sending would do: the sender's balance after it, or why it would be refused."""
+
+    balance_after: dict[str, str] | None
+    error: errors.SettleError | None
+
+
+async def preview(conn: Conn, order: Order) -> Preview:
+    """The sender's balance as accepting ``order`` would leave it, or the rule that
+    would refuse it; a read: nothing is written, nothing reserved."""
+    try:
+        src, _ = await _parties(conn, order)
+    except errors.SettleError as exc:
+        return Preview(None, exc)
+    after = {**src, "pending_debits": src["pending_debits"] + order.amount}
+    balance = views.balance_of(after)
+    if src["posted"] - src["pending_debits"] < order.amount and src["kind"] == "user":
+        available = format_amount(src["posted"] - src["pending_debits"])
+        refusal = errors.InsufficientFunds(
+            f"the available balance ({available}) is lower than the amount", "amount"
+        )
+        return Preview(balance, refusal)
+    return Preview(balance, None)
+
+
+async def accept(
+    conn: Conn, order: Order, transfer_id: str, at: int, expires_at: int | None = None
+) -> Accepted:
+    """Accept a transfer as pending: reserve the amount on the sender's account and log
+    the events of both accounts, atomically; or replay the key's earlier response."""
+    earlier = await replay(conn, order)
+    if earlier is not None:
+        return earlier
+    src, dst = await _parties(conn, order)
     amount = order.amount
     if order.guard_s:
         earlier = await conn.fetch_one(

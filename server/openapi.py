@@ -11,12 +11,14 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from server.api import MAX_BODY, MAX_MEMO, MAX_PAGE
+from server.api import MAX_BODY, MAX_EVENTS, MAX_MEMO, MAX_PAGE
 from server.responses import JSONResponse
 
 _money = {"type": "string", "pattern": r"^-?[0-9]+\.[0-9]{2}$", "examples": ["12.34"]}
 _nullable_str = {"type": ["string", "null"]}
 _timestamp = {"type": "string", "format": "date-time"}
+# What statements.instant takes: ISO 8601 with its offset from UTC.
+_instant = {"type": "string", "format": "date-time", "maxLength": 40}
 # Text the API stores or looks up: PostgreSQL text cannot hold NUL.
 _NO_NUL = r"^[^\x00]*$"
 # A decimal string as ``server.money.parse_amount`` takes it: more than 0, at most
@@ -90,23 +92,22 @@ SCHEMA: dict[str, Any] = {
             "Error": {
                 "type": "object",
                 "required": ["error"],
+                "properties": {"error": _ref("ErrorDetail")},
+            },
+            "ErrorDetail": {
+                "type": "object",
+                "required": ["code", "message"],
                 "properties": {
-                    "error": {
-                        "type": "object",
-                        "required": ["code", "message"],
-                        "properties": {
-                            "code": {"type": "string", "examples": ["invalid_amount"]},
-                            "message": {"type": "string"},
-                            "field": {
-                                "type": "string",
-                                "description": "The request field or header at fault",
-                            },
-                            "duplicate_of": {
-                                **_ref("Transfer"),
-                                "description": "possible_duplicate: the earlier transfer",
-                            },
-                        },
-                    }
+                    "code": {"type": "string", "examples": ["invalid_amount"]},
+                    "message": {"type": "string"},
+                    "field": {
+                        "type": "string",
+                        "description": "The request field or header at fault",
+                    },
+                    "duplicate_of": {
+                        **_ref("Transfer"),
+                        "description": "possible_duplicate: the earlier transfer",
+                    },
                 },
             },
             "Balance": {
@@ -220,6 +221,50 @@ SCHEMA: dict[str, Any] = {
                     },
                 },
             },
+            "Statement": {
+                "type": "object",
+                "required": [
+                    "account",
+                    "currency",
+                    "from",
+                    "to",
+                    "opening_balance",
+                    "entries",
+                    "closing_balance",
+                    "chain_head",
+                ],
+                "properties": {
+                    "account": {"type": "string"},
+                    "currency": {"type": "string"},
+                    "from": _timestamp,
+                    "to": _timestamp,
+                    "opening_balance": _money,
+                    "closing_balance": _money,
+                    "chain_head": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                    "entries": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": [
+                                "at",
+                                "transfer_id",
+                                "counterparty",
+                                "memo",
+                                "amount",
+                                "balance_after",
+                            ],
+                            "properties": {
+                                "at": _timestamp,
+                                "transfer_id": {"type": "string"},
+                                "counterparty": {"type": "string"},
+                                "memo": {"type": "string"},
+                                "amount": _money,
+                                "balance_after": _money,
+                            },
+                        },
+                    },
+                },
+            },
             "Readiness": {
                 "type": "object",
                 "required": ["status", "checks"],
@@ -330,6 +375,92 @@ SCHEMA: dict[str, Any] = {
                 },
             }
         },
+        "/api/accounts/{account_id}/statement": {
+            "get": {
+                "summary": "The account's statement: posted entries, oldest first, each with"
+                " its running balance (streamed; CSV with format=csv or Accept: text/csv)",
+                "security": _bearer,
+                "parameters": [
+                    _account_id,
+                    {
+                        "name": "from",
+                        "in": "query",
+                        "description": "ISO 8601 instant with offset (default: this month, UTC)",
+                        "schema": _instant,
+                    },
+                    {"name": "to", "in": "query", "schema": _instant},
+                    {"name": "format", "in": "query", "schema": {"enum": ["json", "csv"]}},
+                ],
+                "responses": {
+                    "200": {
+                        "description": "the statement: opening + sum of amounts = closing",
+                        "content": {
+                            "application/json": {"schema": _ref("Statement")},
+                            "text/csv": {"schema": {"type": "string"}},
+                        },
+                    },
+                    **_errors(401, 404, 422),
+                },
+            }
+        },
+        "/api/accounts/{account_id}/balance": {
+            "get": {
+                "summary": "The account's posted balance at an instant",
+                "security": _bearer,
+                "parameters": [
+                    _account_id,
+                    {"name": "at", "in": "query", "required": True, "schema": _instant},
+                ],
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["account", "at", "posted"],
+                            "properties": {
+                                "account": {"type": "string"},
+                                "at": _timestamp,
+                                "posted": _money,
+                            },
+                        },
+                        "the balance",
+                    ),
+                    **_errors(401, 404, 422),
+                },
+            }
+        },
+        "/api/accounts/{account_id}/events": {
+            "get": {
+                "summary": "The account's events after a seq, as the stream sends them",
+                "security": _bearer,
+                "parameters": [
+                    _account_id,
+                    {
+                        "name": "since",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 0, "maximum": 10**18},
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_EVENTS},
+                    },
+                ],
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["events", "next_since"],
+                            "properties": {
+                                "events": {"type": "array", "items": {"type": "object"}},
+                                "next_since": {"type": "integer", "minimum": 0},
+                            },
+                        },
+                        "events in seq order",
+                    ),
+                    **_errors(401, 404, 422),
+                },
+            }
+        },
         "/api/transfers": {
             "post": {
                 "summary": "Send money: accepted at once as pending, settled asynchronously",
@@ -362,6 +493,35 @@ SCHEMA: dict[str, Any] = {
                         },
                     },
                     **_errors(400, 401, 404, 409, 413, 422, 429),
+                },
+            }
+        },
+        "/api/transfers/preview": {
+            "post": {
+                "summary": "What sending this would leave on the sender's account, or why it"
+                " would be refused; nothing is written",
+                "security": _bearer,
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("NewTransfer")}},
+                },
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["balance_after", "error"],
+                            "properties": {
+                                "balance_after": {"oneOf": [_ref("Balance"), {"type": "null"}]},
+                                "error": {
+                                    "description": "why it would be refused (insufficient"
+                                    "_funds, account_frozen, ...), or null",
+                                    "oneOf": [{"type": "null"}, _ref("ErrorDetail")],
+                                },
+                            },
+                        },
+                        "the preview",
+                    ),
+                    **_errors(400, 401, 413, 422),
                 },
             }
         },

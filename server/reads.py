@@ -71,6 +71,7 @@ _LAST_SENT = (
     .order_by(transfers.c.created_at.desc(), transfers.c.id.desc())
     .limit(1)
 )
+_EVENTS_PAGE = _EVENTS_AFTER.limit(sa.bindparam("n"))
 _PENDING_COUNT = sa.select(sa.func.count()).where(transfers.c.status == "pending")
 _EXPIRED_ONE = (
     sa.select(transfers.c.id)
@@ -214,6 +215,20 @@ async def last_sent(store: Store, account_id: str) -> str | None:
     """The id of the newest transfer sent from the account (its history index)."""
     found = await store.fetch_val(_LAST_SENT, {"acct": account_id})
     return None if found is None else str(found)
+
+
+async def events_page(
+    store: Store, user_id: str, account_id: str, since: int, limit: int
+) -> list[Row]:
+    """The owned account's logged events after ``since``, at most ``limit``, in seq order
+    (``seq``, ``payload``: the very bytes the stream sent)."""
+
+    async def body(conn: Conn) -> list[Row]:
+        account = await _owned(conn, user_id, account_id)
+        values = {"acct": account["id"], "after": since, "n": limit}
+        return list(await conn.fetch_all(_EVENTS_PAGE, values))
+
+    return await store.read(body)
 
 
 async def any_expired(store: Store, at: int) -> bool:

@@ -61,6 +61,10 @@ accounts = sa.Table(
     sa.Column("pending_credits", Money, nullable=False, server_default="0"),
     # Last event seq appended for this account; bumped in the same transaction as the event.
     sa.Column("seq", sa.BigInteger, nullable=False, server_default="0"),
+    # The account's ledger entries as a hash chain (server/chain.py): how many, and the
+    # last one's hash.
+    sa.Column("entries", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("chain_head", sa.String(64), nullable=False, server_default="0" * 64),
     sa.Column("created_at", Micros, nullable=False),
 )
 
@@ -102,9 +106,18 @@ ledger_entries = sa.Table(
     sa.Column("account_id", sa.String(40), sa.ForeignKey("accounts.id"), nullable=False),
     sa.Column("amount", Money, nullable=False),
     sa.Column("created_at", Micros, nullable=False),
+    # The entry's place in its account's hash chain (server/chain.py): its position, the
+    # account's posted balance after it, the previous entry's hash and its own.
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("balance_after", Money, nullable=False),
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
     # A second settlement of one transfer cannot post twice, whatever the code above does.
     sa.UniqueConstraint("transfer_id", "account_id", name="uq_ledger_transfer_account"),
-    sa.Index("ix_ledger_account", "account_id"),
+    # One chain per account: no two entries in the same place.
+    sa.UniqueConstraint("account_id", "seq", name="uq_ledger_account_seq"),
+    # Statements and balance-at-a-time: an account's entries by time.
+    sa.Index("ix_ledger_account_created_seq", "account_id", "created_at", "seq"),
 )
 
 account_events = sa.Table(

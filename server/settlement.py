@@ -18,9 +18,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from server import views
+from server import chain, views
 from server.events import COMPLETED, FAILED, Event
-from server.ledger import BALANCE_COLUMNS, INSERT_ENTRY, INSERT_EVENT, entries
+from server.ledger import BALANCE_COLUMNS, INSERT_ENTRY, INSERT_EVENT
 from server.schema import accounts, transfers
 from server.store import Conn, Row
 
@@ -64,6 +64,8 @@ _SET_BALANCES = (
         pending_debits=sa.bindparam("debits"),
         pending_credits=sa.bindparam("credits"),
         seq=sa.bindparam("new_seq"),
+        entries=sa.bindparam("entries"),
+        chain_head=sa.bindparam("head"),
     )
 )
 
@@ -82,14 +84,14 @@ async def expire(conn: Conn, at: int, limit: int) -> list[Event]:
     batch = list(await conn.fetch_all(conn.locking(_EXPIRED, True), {"at": at, "n": limit}))
     if not batch:
         return []
-    plan = await _plan(conn, batch, at)
+    plan = await locked_plan(conn, batch, at)
     for row in batch:
         plan.fail(row, "expired")
-    await _write(conn, plan)
+    await write(conn, plan)
     return plan.events
 
 
-async def _plan(conn: Conn, batch: list[Row], at: int) -> Plan:
+async def locked_plan(conn: Conn, batch: list[Row], at: int) -> Plan:
     """A plan for ``batch``, with every account it touches locked, in id order."""
     touched = sorted({r["from_account"] for r in batch} | {r["to_account"] for r in batch})
     locked = await conn.fetch_all(
@@ -100,7 +102,7 @@ async def _plan(conn: Conn, batch: list[Row], at: int) -> Plan:
     return Plan({r["id"]: dict(r) for r in locked}, at)
 
 
-async def _write(conn: Conn, plan: Plan) -> None:
+async def write(conn: Conn, plan: Plan) -> None:
     """A plan's effects, one statement per table."""
     await conn.execute_many(_FINISH, plan.finished)
     await conn.execute_many(_SET_BALANCES, plan.balances())
@@ -137,10 +139,10 @@ async def settle(
         return []
     batch.sort(key=lambda r: (r["created_at"], r["id"]))
     # Lock every account the batch touches, in id order, before changing any.
-    plan = await _plan(conn, batch, at)
+    plan = await locked_plan(conn, batch, at)
     for row in batch:
         plan.settle(row)
-    await _write(conn, plan)
+    await write(conn, plan)
     if before_commit is not None:
         before_commit()
     return plan.events
@@ -163,18 +165,24 @@ class Plan:
         elif self.accounts[row["to_account"]]["status"] == "frozen":
             self.fail(row, "account_frozen")
         else:
-            amount, src, dst = row["amount"], row["from_account"], row["to_account"]
-            self._change(src, posted=-amount, pending_debits=-amount)
-            self._change(dst, posted=amount, pending_credits=-amount)
-            self.entries += entries(row, self.at)
+            amount, tid = row["amount"], row["id"]
+            self._change(row["from_account"], tid, posted=-amount, pending_debits=-amount)
+            self._change(row["to_account"], tid, posted=amount, pending_credits=-amount)
             self._finish(row, COMPLETED, None)
 
     def fail(self, row: Row, reason: str) -> None:
         """Fail the transfer: its reservation is released, nothing is posted."""
-        amount = row["amount"]
-        self._change(row["from_account"], pending_debits=-amount)
-        self._change(row["to_account"], pending_credits=-amount)
+        amount, tid = row["amount"], row["id"]
+        self._change(row["from_account"], tid, pending_debits=-amount)
+        self._change(row["to_account"], tid, pending_credits=-amount)
         self._finish(row, FAILED, reason)
+
+    def deposit(self, row: Row) -> None:
+        """Post a transfer completed at once (a deposit: nothing was reserved)."""
+        amount, tid = row["amount"], row["id"]
+        self._change(row["from_account"], tid, posted=-amount)
+        self._change(row["to_account"], tid, posted=amount)
+        self._finish(row, COMPLETED, None)
 
     def _finish(self, row: Row, outcome: str, reason: str | None) -> None:
         src, dst = row["from_account"], row["to_account"]
@@ -186,10 +194,21 @@ class Plan:
         for account_id in (src, dst):
             self.events.append(Event.of(outcome, self.accounts[account_id], transfer, self.at))
 
-    def _change(self, account_id: str, **deltas: int) -> None:
+    def _change(
+        self,
+        account_id: str,
+        transfer_id: str,
+        posted: int = 0,
+        pending_debits: int = 0,
+        pending_credits: int = 0,
+    ) -> None:
+        """One transfer's change to one account: its pending sums, a ledger entry
+        appended to its chain if anything is posted, and its next event seq."""
         account = self.accounts[account_id]
-        for column, delta in deltas.items():
-            account[column] += delta
+        account["pending_debits"] += pending_debits
+        account["pending_credits"] += pending_credits
+        if posted:
+            self.entries.append(chain.append(account, transfer_id, posted, self.at))
         account["seq"] += 1
 
     def balances(self) -> list[Mapping[str, Any]]:
@@ -200,6 +219,8 @@ class Plan:
                 "debits": a["pending_debits"],
                 "credits": a["pending_credits"],
                 "new_seq": a["seq"],
+                "entries": a["entries"],
+                "head": a["chain_head"],
             }
             for a in self.accounts.values()
         ]

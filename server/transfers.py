@@ -158,3 +158,9 @@ async def expire(store: Store, dispatch: Dispatcher, limit: int = 500) -> list[E
     await dispatch.publish(events)
     SETTLEMENT.record({e.transfer_id: e.transfer for e in events}.values())
     return events
+
+
+async def preview(app: Services, request: ledger.Order) -> ledger.Preview:
+    """What sending ``request`` would leave on the sender's account, or why it would be
+    refused. A read: nothing written, nothing reserved, no rate limit spent."""
+    return await app.store.read(lambda conn: ledger.preview(conn, request))

@@ -46,7 +46,11 @@ def api_routes(w: World) -> list[tuple[str, str, Any, int]]:
         ("GET", "/api/accounts", None, 200),
         ("GET", f"/api/accounts/{w.owner.account}", None, 200),
         ("GET", f"/api/accounts/{w.owner.account}/transfers", None, 200),
+        ("GET", f"/api/accounts/{w.owner.account}/statement", None, 200),
+        ("GET", f"/api/accounts/{w.owner.account}/balance?at=2026-01-01T00:00:00Z", None, 200),
+        ("GET", f"/api/accounts/{w.owner.account}/events", None, 200),
         ("GET", f"/api/transfers/{w.transfer}", None, 200),
+        ("POST", "/api/transfers/preview", body, 200),
         ("POST", "/api/transfers", body, 202),
         ("POST", f"/api/transfers/{w.transfer}/cancel", None, 200),
         ("DELETE", "/api/tokens", None, 204),
@@ -58,8 +62,9 @@ def expected_api(who: str, method: str, path: str, owner_status: int) -> int:
         return owner_status
     if who != "other":
         return 401
-    # Another user: lists and token revocation are about themselves; the rest is 404.
-    return {"/api/accounts": 200, "/api/tokens": 204}.get(path, 404)
+    # Another user: lists and token revocation are about themselves; a preview answers
+    # (that the account is not theirs: account_not_found, in the body); the rest is 404.
+    return {"/api/accounts": 200, "/api/tokens": 204, "/api/transfers/preview": 200}.get(path, 404)
 
 
 async def token_for(stack: Stack, w: World, who: str) -> dict[str, str]:
@@ -243,7 +248,11 @@ def test_every_route_is_in_a_matrix() -> None:
         "/api/accounts",
         "/api/accounts/{account_id}",
         "/api/accounts/{account_id}/transfers",
+        "/api/accounts/{account_id}/statement",
+        "/api/accounts/{account_id}/balance",
+        "/api/accounts/{account_id}/events",
         "/api/transfers",
+        "/api/transfers/preview",
         "/api/transfers/{transfer_id}",
         "/api/transfers/{transfer_id}/cancel",
         "/accounts",

@@ -5,9 +5,12 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from jobs.worker import sweep
 from server import admin
-from tests.conftest import Customer, Stack
+from server.dispatch import Dispatcher
+from tests.conftest import Customer, Stack, account_events, execute, next_event
 from tests.test_sessions import browser, login
+from tests.test_worker import _redis
 
 
 async def test_accepted_transfer_is_pending_at_once_then_completed_by_the_worker(
@@ -220,3 +223,83 @@ async def test_the_duplicate_guard_takes_whole_seconds_up_to_an_hour(
     alice, bob = await stack.customer("10.00"), await stack.customer("0")
     r = await stack.transfer(alice, bob.account, "1.00", guard_duplicates_s=guard)
     assert r.status_code == 422 and r.json()["error"]["field"] == "guard_duplicates_s"
+
+
+async def _preview(stack: Stack, who: Customer, to: str, amount: str) -> httpx.Response:
+    body = {"from_account": who.account, "to_account": to, "amount": amount}
+    return await stack.client.post("/api/transfers/preview", json=body, headers=who.headers)
+
+
+async def test_a_preview_says_what_sending_would_leave_and_writes_nothing(stack: Stack) -> None:
+    alice, bob = await stack.customer("50.00"), await stack.customer("0")
+    accounts = "SELECT * FROM accounts ORDER BY id"
+    before = [dict(r) for r in await stack.store.fetch_all(accounts)]
+    r = await _preview(stack, alice, bob.account, "12.34")
+    assert r.status_code == 200
+    assert r.json() == {
+        "balance_after": {
+            "posted": "50.00",
+            "pending_debits": "12.34",
+            "pending_credits": "0.00",
+            "available": "37.66",
+            "projected": "37.66",
+        },
+        "error": None,
+    }
+    short = (await _preview(stack, alice, bob.account, "60.00")).json()
+    assert short["error"]["code"] == "insufficient_funds" and "50.00" in short["error"]["message"]
+    assert short["balance_after"]["available"] == "-10.00"
+    nobody = (await _preview(stack, alice, "acc_nobody", "1.00")).json()
+    assert nobody == {
+        "balance_after": None,
+        "error": {
+            "code": "account_not_found",
+            "message": "no such recipient account",
+            "field": "to_account",
+        },
+    }
+    bad = await _preview(stack, alice, bob.account, "1.234")
+    assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_amount"
+    assert [dict(r) for r in await stack.store.fetch_all(accounts)] == before
+    assert await _sent(stack, alice) == 0
+    await admin.set_status(stack.store, bob.account, "frozen")
+    frozen = (await _preview(stack, alice, bob.account, "1.00")).json()
+    assert frozen["error"]["code"] == "account_frozen"
+
+
+async def test_a_transfer_pending_past_its_expiry_fails_and_releases_its_hold(
+    stack: Stack,
+) -> None:
+    alice, bob = await stack.customer("50.00"), await stack.customer("0")
+    tid = (await stack.transfer(alice, bob.account, "20.00")).json()["id"]
+    await execute(stack.store, f"UPDATE transfers SET expires_at = 1 WHERE id = '{tid}'")
+    async with account_events(stack.settings, alice.account) as mine:
+        async with account_events(stack.settings, bob.account) as theirs:
+            redis = await _redis(stack)
+            ctx = {
+                "settings": stack.settings,
+                "store": stack.store,
+                "dispatch": Dispatcher(redis, stack.settings),
+            }
+            try:
+                await sweep(ctx)
+            finally:
+                await redis.aclose()
+            for pubsub in (mine, theirs):
+                event = await next_event(pubsub, "transfer.failed", tid)
+                assert event["transfer"]["failure_reason"] == "expired"
+    a, b = await stack.account(alice), await stack.account(bob)
+    assert a["balance"]["available"] == a["balance"]["posted"] == "50.00"
+    assert b["balance"]["pending_credits"] == "0.00"
+    await stack.settle_all()  # its job finds nothing left to settle
+    assert await stack.status_of(alice, tid) == "failed"
+
+
+async def test_settlement_refuses_a_transfer_past_its_expiry(stack: Stack) -> None:
+    alice, bob = await stack.customer("50.00"), await stack.customer("0")
+    tid = (await stack.transfer(alice, bob.account, "20.00")).json()["id"]
+    await execute(stack.store, f"UPDATE transfers SET expires_at = 1 WHERE id = '{tid}'")
+    await stack.settle_all()
+    t = (await stack.client.get(f"/api/transfers/{tid}", headers=bob.headers)).json()
+    assert (t["status"], t["failure_reason"]) == ("failed", "expired")
+    assert (await stack.account(bob))["balance"]["posted"] == "0.00"

@@ -1,0 +1,119 @@
+"""The tamper-evident ledger (server/chain.py): each account's entries form a hash chain
+that ``settle audit`` walks, naming the first broken entry; a published chain head proves
+the history up to it (``settle audit --verify-head``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from server import chain
+from tests.conftest import Stack, execute
+from tests.test_cli import settle
+
+
+def account(name: str = "acc_a") -> dict[str, Any]:
+    return {"id": name, "posted": 0, "entries": 0, "chain_head": chain.GENESIS}
+
+
+def test_appended_entries_link_each_to_the_one_before() -> None:
+    a = account()
+    first = chain.append(a, "tr_1", 500, 10)
+    second = chain.append(a, "tr_2", -200, 20)
+    assert (first["seq"], first["balance_after"], first["prev_hash"]) == (1, 500, chain.GENESIS)
+    assert (second["seq"], second["balance_after"], second["prev_hash"]) == (2, 300, first["hash"])
+    assert a["chain_head"] == second["hash"] and a["posted"] == 300 and a["entries"] == 2
+    walker = chain.Walker("acc_a")
+    for entry in (first, second):
+        walker.step(entry)
+    assert walker.broken is None and walker.head == a["chain_head"]
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"amount": -100}, "does not match its contents"),
+        ({"created_at": 21}, "does not match its contents"),
+        ({"transfer_id": "tr_9"}, "does not match its contents"),
+        ({"balance_after": 400}, "balance after 400"),
+        ({"prev_hash": "f" * 64}, "previous hash"),
+        ({"seq": 3}, "seq 3 where 2 was due"),
+    ],
+)
+def test_any_rewrite_of_an_entry_is_found_and_named(change: dict[str, Any], why: str) -> None:
+    a = account()
+    entries = [chain.append(a, f"tr_{i}", 100, i) for i in range(1, 4)]
+    entries[1] = {**entries[1], **change}
+    walker = chain.Walker("acc_a")
+    for entry in entries:
+        walker.step(entry)
+    assert walker.broken is not None and walker.broken.seq == entries[1]["seq"]
+    assert why in str(walker.broken) and "acc_a" in str(walker.broken)
+
+
+async def test_a_rewritten_entry_fails_the_audit_naming_it(stack: Stack) -> None:
+    """Someone with the database rewrites a settled transfer of 10.00 into 4.00 and
+    adjusts every balance to match, so invariants 1-6 still hold: the chain tells."""
+    alice, bob = await stack.customer("100.00"), await stack.customer("0")
+    tid = (await stack.transfer(alice, bob.account, "10.00")).json()["id"]
+    await stack.settle_all()
+    r = await stack.client.get(f"/api/accounts/{alice.account}/statement", headers=alice.headers)
+    published = r.json()["chain_head"]
+    assert (
+        settle(stack.settings, "audit", "--verify-head", alice.account, published).returncode == 0
+    )
+
+    entry = await stack.store.fetch_one(
+        f"SELECT seq FROM ledger_entries WHERE transfer_id = '{tid}' AND account_id ="
+        f" '{alice.account}'"
+    )
+    assert entry is not None
+    tamper = [
+        f"UPDATE transfers SET amount = 400 WHERE id = '{tid}'",
+        f"UPDATE ledger_entries SET amount = -400 WHERE transfer_id = '{tid}' AND amount < 0",
+        f"UPDATE ledger_entries SET amount = 400 WHERE transfer_id = '{tid}' AND amount > 0",
+        f"UPDATE accounts SET posted = posted + 600 WHERE id = '{alice.account}'",
+        f"UPDATE accounts SET posted = posted - 600 WHERE id = '{bob.account}'",
+    ]
+    restore = [
+        f"UPDATE transfers SET amount = 1000 WHERE id = '{tid}'",
+        f"UPDATE ledger_entries SET amount = -1000 WHERE transfer_id = '{tid}' AND amount < 0",
+        f"UPDATE ledger_entries SET amount = 1000 WHERE transfer_id = '{tid}' AND amount > 0",
+        f"UPDATE accounts SET posted = posted - 600 WHERE id = '{alice.account}'",
+        f"UPDATE accounts SET posted = posted + 600 WHERE id = '{bob.account}'",
+    ]
+    await execute(stack.store, *tamper)
+    try:
+        audit = settle(stack.settings, "audit")
+        assert audit.returncode == 1
+        for n in range(1, 7):
+            assert f"ok   {n}." in audit.stdout, audit.stdout
+        assert "FAIL 7." in audit.stdout
+        named = f"{alice.account} entry {entry['seq']} (transfer {tid}): its hash does not match"
+        assert named in audit.stdout, audit.stdout
+        proof = settle(stack.settings, "audit", "--verify-head", alice.account, published)
+        assert proof.returncode == 1 and "rewritten" in proof.stdout, proof.stdout
+    finally:
+        await execute(stack.store, *restore)
+    unknown = settle(stack.settings, "audit", "--verify-head", alice.account, "a" * 64)
+    assert unknown.returncode == 1 and "is not an entry" in unknown.stdout
+
+
+async def test_the_head_check_finds_a_chain_cut_short(stack: Stack) -> None:
+    alice, bob = await stack.customer("100.00"), await stack.customer("0")
+    await stack.transfer(alice, bob.account, "1.00")
+    await stack.settle_all()
+    head = await stack.store.fetch_val(
+        f"SELECT chain_head FROM accounts WHERE id = '{alice.account}'"
+    )
+    await execute(
+        stack.store, f"UPDATE accounts SET chain_head = '{'0' * 64}' WHERE id = '{alice.account}'"
+    )
+    try:
+        audit = settle(stack.settings, "audit")
+        assert audit.returncode == 1 and "is not its chain's last hash" in audit.stdout
+    finally:
+        await execute(
+            stack.store, f"UPDATE accounts SET chain_head = '{head}' WHERE id = '{alice.account}'"
+        )
