@@ -117,10 +117,11 @@ async def deposit(store: Store, account_id: str, amount: int, memo: str = "Depos
             "kind": "deposit",
             "expires_at": None,
         }
-        await conn.execute(transfers.insert().values(**values))
-        # Posted like any settlement: both accounts locked, entries appended to their
-        # chains, balances and events written (server.settlement).
+        # Posted like any settlement: both accounts locked first (in id order, as every
+        # transaction locks them), entries appended to their chains, balances and events
+        # written (server.settlement).
         plan = await settlement.locked_plan(conn, [values], at)
+        await conn.execute(transfers.insert().values(**values))
         plan.deposit(values)
         await settlement.write(conn, plan)
         return plan.events

@@ -5,7 +5,7 @@ the account's posted balance right after it (``balance_after``), the hash of the
 before it (``prev_hash``; the first one's is ``GENESIS``) and its own ``hash``: SHA-256
 over a canonical encoding of the entry and ``prev_hash``. The account row keeps the
 chain's length and head. An entry is appended in the transaction that posts it, with the
-account row locked (SQLite's write lock; PostgreSQL's ``FOR UPDATE``), so each chain
+account row locked (SQLite's write lock; PostgreSQL's ``FOR NO KEY UPDATE``), so each chain
 stays linear however many workers settle at once.
 
 Rewriting any entry (its amount, time, transfer, balance) changes its hash and breaks

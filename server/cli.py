@@ -188,23 +188,30 @@ async def _work(settings: Settings) -> None:
     """
     from jobs.worker import run_worker
 
-    store = open_store(settings)
-    await store.connect()
-    if settings.metrics_port:
-        from prometheus_client import start_http_server
-
-        from server.metrics import SETTLEMENT
-
-        start_http_server(settings.metrics_port, settings.host, registry=SETTLEMENT.registry)
-    freeze_heap()
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    _on_stop_signals(lambda sig: stop.set())
+    store = open_store(settings)
     try:
+        await store.connect()
+        if settings.metrics_port:
+            from prometheus_client import start_http_server
+
+            from server.metrics import SETTLEMENT
+
+            start_http_server(settings.metrics_port, settings.host, registry=SETTLEMENT.registry)
+        freeze_heap()
         await run_worker(settings, store, stop)
     finally:
         await store.disconnect()
+
+
+def _on_stop_signals(handler: Callable[[int], object]) -> None:
+    """SIGTERM and Ctrl+C, from now on, call ``handler`` on the loop: settle stops
+    gracefully, and whatever it opened (the database's threads above all, which would
+    keep the process alive) is closed, however early in start-up the signal comes."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, handler, sig)
 
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
@@ -221,30 +228,39 @@ async def _run_all(settings: Settings) -> None:
     from server.app import create_app
 
     assert settings.redis_url is not None
-    store = open_store(settings)
-    await store.connect()
-    await create_schema(store)
-    users = await store.fetch_all("SELECT username FROM users WHERE username != 'bank'")
-    url = f"http://{settings.host}:{settings.port}/"
-    print(f"\n  settle is running at {url}")
-    if users:
-        names = ", ".join(sorted(r["username"] for r in users))
-        print(f"  users: {names}  (demo password: {DEMO_PASSWORD})")
-    print("  press Ctrl+C to stop\n", flush=True)
-    app = create_app(settings, store=store)
-    server = protocol.Server(protocol.config(app, settings, log_level="info"))
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        # A second Ctrl+C forces the exit (uvicorn's rule): the worker and store still close.
-        loop.add_signal_handler(sig, server.handle_exit, sig, None)
-    freeze_heap()
     stop = asyncio.Event()
-    worker = asyncio.create_task(run_worker(settings, store, stop))
-    try:
-        await server.serve()
-    finally:
+    server: protocol.Server | None = None
+
+    def on_signal(sig: int) -> None:
         stop.set()
-        await worker
+        if server is not None:
+            # A second Ctrl+C forces the exit (uvicorn's rule); the worker and store close.
+            server.handle_exit(sig, None)
+
+    _on_stop_signals(on_signal)
+    store = open_store(settings)
+    try:
+        await store.connect()
+        await create_schema(store)
+        if stop.is_set():
+            return
+        users = await store.fetch_all("SELECT username FROM users WHERE username != 'bank'")
+        url = f"http://{settings.host}:{settings.port}/"
+        print(f"\n  settle is running at {url}")
+        if users:
+            names = ", ".join(sorted(r["username"] for r in users))
+            print(f"  users: {names}  (demo password: {DEMO_PASSWORD})")
+        print("  press Ctrl+C to stop\n", flush=True)
+        app = create_app(settings, store=store)
+        server = protocol.Server(protocol.config(app, settings, log_level="info"))
+        freeze_heap()
+        worker = asyncio.create_task(run_worker(settings, store, stop))
+        try:
+            await server.serve()
+        finally:
+            stop.set()
+            await worker
+    finally:
         await store.disconnect()
 
 

@@ -12,7 +12,10 @@ client that trickles its request a byte at a time. ``GuardedHttp`` adds:
   only once their headers have been read).
 
 WebSocket messages are capped by the WebSocket library itself (``ws_max_size``): a
-bigger frame is refused (close code 1009) before it is buffered.
+bigger frame is refused (close code 1009) before it is buffered. ``GuardedWebSocket``
+makes every refusal of a frame (too big, malformed, invalid UTF-8: close code 1007)
+reach the client as a close frame, never as a TCP reset, and keeps the server's log
+free of the tracebacks a client could otherwise write into it at will.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 import orjson
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets import http11
 
 from server.settings import Settings
@@ -194,6 +198,53 @@ class GuardedHttp(HttpToolsProtocol):
         self.loop.call_later(LINGER_S, self.transport.close)
 
 
+class GuardedWebSocket(WebSocketsSansIOProtocol):
+    """uvicorn's sans-I/O WebSocket protocol, closing politely on a client's bad frame.
+
+    uvicorn writes the close frame and then closes the socket at once: frames the client
+    already sent arrive at a closed socket, the kernel answers them with a reset, and the
+    client loses the close frame (it sees 1006, "dropped"). Here the socket is half-closed
+    instead; what still arrives is dropped unread until the client closes too, for at
+    most ``LINGER_S`` (and ``LINGER_BYTES``).
+    """
+
+    _dropped = -1  # bytes dropped since refusing; -1: not refused
+
+    def data_received(self, data: bytes) -> None:
+        if self._dropped >= 0:
+            self._dropped += len(data)
+            if self._dropped > LINGER_BYTES:
+                self.transport.abort()
+            return
+        super().data_received(data)
+
+    def send_receive_event_to_app(self) -> None:
+        if self.curr_msg_data_type == "text" and not self.close_sent:
+            try:
+                b"".join(self.frames).decode()
+            except UnicodeDecodeError:
+                self.frames = []
+                self.logger.info("WebSocket closed: a text message was not UTF-8")
+                self.conn.send_close(1007, "text messages must be UTF-8")
+                self.handle_parser_exception()
+                return
+        super().send_receive_event_to_app()
+
+    def handle_parser_exception(self) -> None:
+        assert self.conn.close_sent is not None
+        close = self.conn.close_sent
+        self.queue.put_nowait(
+            {"type": "websocket.disconnect", "code": close.code, "reason": close.reason}
+        )
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        self._dropped = 0
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        # As the close timer, it also keeps uvicorn from closing once the app returns.
+        self.close_timer = self.loop.call_later(LINGER_S, self.transport.close)
+
+
 def max_connections(settings: Settings) -> int:
     """The connection cap: the configured one, or fewer if the process may not open as
     many files (a connection over the file limit would fail without an answer)."""
@@ -208,6 +259,7 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     run``, the tests' servers, the benchmark's ceiling)."""
     return {
         "http": GuardedHttp,
+        "ws": GuardedWebSocket,
         "limit_concurrency": max_connections(settings),
         "timeout_keep_alive": KEEP_ALIVE_S,
         "ws_max_size": WS_MAX_MESSAGE,

@@ -2,7 +2,7 @@
 body (``server.store``) for a whole batch.
 
 Exactly once per transfer: the batch is read and locked (SQLite's write lock, or
-``FOR UPDATE SKIP LOCKED`` row locks on PostgreSQL) inside the transaction that posts its
+``FOR NO KEY UPDATE SKIP LOCKED`` row locks on PostgreSQL) inside the transaction that posts its
 entries, and only transfers still pending are in it; a second run, or a run racing
 another worker, finds nothing to settle, and a run killed mid-way commits nothing.
 

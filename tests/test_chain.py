@@ -4,12 +4,17 @@ the history up to it (``settle audit --verify-head``)."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
+import httpx
 import pytest
 
-from server import chain
+from server import admin, chain
+from server.audit import audit
 from tests.conftest import Stack, execute
+from tests.fleet import Fleet
 from tests.test_cli import settle
 
 
@@ -117,3 +122,38 @@ async def test_the_head_check_finds_a_chain_cut_short(stack: Stack) -> None:
         await execute(
             stack.store, f"UPDATE accounts SET chain_head = '{head}' WHERE id = '{alice.account}'"
         )
+
+
+async def test_chains_stay_linear_with_several_workers_settling_at_once(
+    stack: Stack, fleet: Fleet
+) -> None:
+    """Three worker processes settle while deposits post to the same accounts: every
+    chain stays one line (no two entries in one place, none skipped)."""
+    for i in range(3):
+        fleet.start(f"worker{i}", "worker")
+    people = [await stack.customer("100.00") for _ in range(4)]
+    sends = [
+        stack.transfer(people[i % 4], people[(i + 1 + i // 4 % 3) % 4].account, "0.25")
+        for i in range(60)
+    ]
+    deposits = [admin.deposit(stack.store, people[i % 4].account, 100) for i in range(12)]
+    answers = await asyncio.gather(*sends, *deposits)
+    refused = [
+        a.text for a in answers[:60] if isinstance(a, httpx.Response) and a.status_code != 202
+    ]
+    assert refused == []
+    deadline = time.monotonic() + 60
+    while await stack.store.fetch_val("SELECT count(*) FROM transfers WHERE status = 'pending'"):
+        fleet.check_alive()
+        assert time.monotonic() < deadline, "not all settled in 60 s"
+        await asyncio.sleep(0.05)
+    report = await audit(stack.store)
+    assert report.ok, report.render()
+    for who in people:
+        seqs = [
+            r["seq"]
+            for r in await stack.store.fetch_all(
+                f"SELECT seq FROM ledger_entries WHERE account_id = '{who.account}' ORDER BY seq"
+            )
+        ]
+        assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) > 15

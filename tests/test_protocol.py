@@ -7,9 +7,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import select
+import socket
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import uvicorn
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
@@ -165,6 +169,62 @@ async def test_a_websocket_frame_over_4_kib_is_refused_1009_unread(stack: Stack)
         except ConnectionClosed:
             pass
         assert ws.close_code == 1009
+
+
+def _frame(opcode: int, payload: bytes) -> bytes:
+    """A client's frame (masked with a zero key, which leaves the payload as it is)."""
+    size = len(payload)
+    head = bytes([0x80 | opcode])
+    if size < 126:
+        head += bytes([0x80 | size])
+    else:
+        head += bytes([0x80 | 126]) + size.to_bytes(2, "big")
+    return head + b"\0\0\0\0" + payload
+
+
+async def test_a_refused_frame_reaches_the_client_as_a_close_frame_not_a_reset(
+    stack: Stack,
+) -> None:
+    """The client goes on sending after its bad frame, as clients do, before it reads the
+    server's close: its sends must not fail, and the close must arrive. (uvicorn alone
+    closed the socket at once; the kernel answered the late frames with a reset, and a
+    client library, failing to send, gave up with the close frame unread: 1006.)"""
+    alice = await stack.customer()
+    url = httpx.URL(ws_url(stack.base_url, alice.account))
+    bad = [(0x1, b"\xfe\xff", 1007), (0x2, b"x" * (protocol.WS_MAX_MESSAGE + 1), 1009)]
+
+    def attempt(opcode: int, payload: bytes) -> bytes:
+        with socket.create_connection((url.host, url.port or 80), timeout=10) as sock:
+            head = [
+                f"GET {url.raw_path.decode()} HTTP/1.1",
+                f"Host: {url.host}:{url.port}",
+                "Upgrade: websocket",
+                "Connection: Upgrade",
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+                "Sec-WebSocket-Version: 13",
+                *(f"{k}: {v}" for k, v in alice.headers.items()),
+            ]
+            sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
+            answer = b""
+            while b"\r\n\r\n" not in answer:
+                answer += sock.recv(4096)
+            assert answer.startswith(b"HTTP/1.1 101"), answer
+            sock.sendall(_frame(opcode, payload))
+            # The server's close frame is in our receive buffer (unread) once it is
+            # readable; then the client's next frames arrive at the server.
+            select.select([sock], [], [], 10)
+            try:
+                for _ in range(5):
+                    sock.sendall(_frame(0x1, b"y" * 1000))
+                    time.sleep(0.01)  # each its own segment, as a real client's would be
+                return sock.recv(64)
+            except OSError as exc:  # a client library gives up here, close frame unread
+                return repr(exc).encode()
+
+    for opcode, payload, code in bad * 3:
+        got = await asyncio.to_thread(attempt, opcode, payload)
+        assert got[:1] == b"\x88", f"wanted a close frame ({code}), got {got!r}"
+        assert int.from_bytes(got[2:4], "big") == code
 
 
 async def test_no_server_header_and_api_answers_are_not_cached(stack: Stack) -> None:

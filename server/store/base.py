@@ -54,7 +54,7 @@ class Conn(Protocol):
         ...
 
     def locking(self, query: sa.Select[Any], skip_locked: bool = False) -> sa.Select[Any]:
-        """``query`` taking row locks (``FOR UPDATE [SKIP LOCKED]``) where the database
+        """``query`` taking row locks (``FOR NO KEY UPDATE [SKIP LOCKED]``) where the database
         locks rows; SQLite's transaction already excludes every other writer."""
         ...
 

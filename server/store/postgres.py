@@ -1,7 +1,7 @@
 """The scale-out store: PostgreSQL through ``databases`` and asyncpg (a pool).
 
 Under READ COMMITTED, correctness comes from atomic conditional updates, row locks taken
-in a fixed order (the ledger), ``FOR UPDATE SKIP LOCKED`` for settlement batches and a
+in a fixed order (the ledger), ``FOR NO KEY UPDATE SKIP LOCKED`` for settlement batches and a
 transaction-scoped advisory lock for "settling now".
 """
 
@@ -115,8 +115,10 @@ class PgConn:
         return bool(await self.fetch_val(_TRY_LOCK, {"key": key}))
 
     def locking(self, query: sa.Select[Any], skip_locked: bool = False) -> sa.Select[Any]:
+        # FOR NO KEY UPDATE: no key is ever changed, and it does not wait for (or deadlock
+        # with) the key-share locks that inserts referencing these rows take.
         # Not cached by identity: SQLAlchemy's compiled cache keys on the structure.
-        return query.with_for_update(skip_locked=skip_locked)
+        return query.with_for_update(skip_locked=skip_locked, key_share=True)
 
 
 class PostgresStore:
