@@ -176,7 +176,39 @@ def _large(
                 f" {_lag(page['loop_lag'])}",
             )
         )
+    if "statement" in large:
+        out += _statement(large["statement"], entries)
     return out
+
+
+def _statement(st: dict[str, Any], entries: str) -> list[Figure]:
+    """Issue 14's figures: the merchant's whole statement, and balance at a time."""
+    js, csv = st["json"], st["csv"]
+    return [
+        Figure(
+            "statement_ms",
+            f"Statement of {st['entries']:,} entries (JSON, streamed), the merchant, {entries}",
+            "—",
+            js["p50"],
+            "ms",
+            None,
+            note=(
+                f"median of {js['n']}, {js['bytes'] / 1e6:.1f} MB; web process peak memory"
+                f" +{js['peak_rss_growth_kib'] / 1024:.1f} MiB; CSV {csv['p50']:,.0f} ms,"
+                f" {csv['bytes'] / 1e6:.1f} MB, +{csv['peak_rss_growth_kib'] / 1024:.1f} MiB;"
+                f" event-loop lag meanwhile: {_lag(st['loop_lag'])}"
+            ),
+        ),
+        Figure(
+            "balance_at_p99",
+            f"Balance at a time p99, the merchant, {entries}",
+            "—",
+            st["balance_at"]["p99"],
+            "ms",
+            None,
+            note=f"p50 {st['balance_at']['p50']:.1f} ms, {st['balance_at']['n']} random instants",
+        ),
+    ]
 
 
 def _lag(lag: dict[str, float]) -> str:

@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import os
 import platform
+import random
 import resource
 import secrets
 import sqlite3
@@ -64,7 +65,7 @@ from bench.stack import (
 )
 from bench.stats import summary
 from server import passwords, sessions
-from server.schema import transfers
+from server.schema import now_us, transfers
 from server.store import Store
 
 RESULTS = REPO / "bench" / "results"
@@ -214,6 +215,83 @@ async def page_times(stack: Stack, store: Store, user: User, n: int) -> dict[str
     return out
 
 
+def peak_rss_reset(pid: int) -> int:
+    """Reset a process's peak resident set size (VmHWM) to its current size; that size,
+    in KiB. (Linux: ``clear_refs`` 5.)"""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+    return rss_kib(pid)
+
+
+def peak_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmHWM for pid {pid}")
+
+
+async def statement_times(
+    stack: Stack, user: User, since_us: int, runs: int, balance_requests: int
+) -> dict[str, Any]:
+    """The account's whole statement (every entry since ``since_us``), JSON and CSV,
+    ``runs`` times each: time to the last byte, and how far the web process's peak
+    memory rose above its size before the request. Then ``balance_requests`` sequential
+    balance-at requests for random instants within the same range."""
+    import httpx
+
+    pid = stack.pid("web")
+    start = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since_us // 1_000_000 - 1))
+    end = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 60))
+    bearer = {"Authorization": f"Bearer {user.token}"}
+    out: dict[str, Any] = {}
+    async with httpx.AsyncClient(base_url=stack.url, headers=bearer, timeout=120) as client:
+        lag_before = lag_buckets(stack.settings.port)
+        for fmt in ("json", "csv"):
+            ms, growth, size = [], [], 0
+            for _ in range(runs):
+                before = peak_rss_reset(pid)
+                t0 = time.perf_counter()
+                size = 0
+                params = {"from": start, "to": end, "format": fmt}
+                async with client.stream(
+                    "GET", f"/api/accounts/{user.account}/statement", params=params
+                ) as r:
+                    assert r.status_code == 200, r.status_code
+                    async for chunk in r.aiter_raw():
+                        size += len(chunk)
+                ms.append((time.perf_counter() - t0) * 1000)
+                growth.append(peak_rss_kib(pid) - before)
+            out[fmt] = {**summary(ms), "bytes": size, "peak_rss_growth_kib": max(growth)}
+        out["loop_lag"] = lag_between(lag_before, lag_buckets(stack.settings.port))
+        r = await client.get(
+            f"/api/accounts/{user.account}/statement", params={"from": start, "to": end}
+        )
+        out["entries"] = len(r.json()["entries"])
+    raw_requests = []
+    rng = random.Random(5)
+    for _ in range(balance_requests):
+        at_us = rng.randint(since_us, now_us())
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at_us // 1_000_000))
+        at = f"{stamp}.{at_us % 1_000_000:06d}Z"
+        raw_requests.append(
+            loadgen.request(
+                "GET", f"/api/accounts/{user.account}/balance?at={at}", stack.host, bearer
+            )
+        )
+    conn = await loadgen.Connection.open("127.0.0.1", stack.settings.port)
+    try:
+        await conn.send(raw_requests[0])  # warm-up
+        ms = []
+        for raw in raw_requests:
+            t0 = time.perf_counter()
+            status, body = await conn.send(raw)
+            ms.append((time.perf_counter() - t0) * 1000)
+            assert status == 200 and b'"posted"' in body, (status, body[:200])
+    finally:
+        conn.close()
+    out["balance_at"] = summary(ms)
+    return out
+
+
 def audit(stack_env: dict[str, str]) -> dict[str, Any]:
     started = time.perf_counter()
     done = subprocess.run(
@@ -327,6 +405,7 @@ async def cost_stack(var: Path, redis_url: str, plan: Plan) -> dict[str, Any]:
     users = seeder.users(plan.history_users, "hist")
     (merchant,) = seeder.users(1, "merchant")
     accounts = [u.account for u in users] + [merchant.account]
+    seeded_from = now_us() - plan.history  # seed.history dates its transfers from here
     seeder.history(plan.history, accounts, hot=merchant.account, hot_share=0.1)
     seeder.close()
     out: dict[str, Any] = {"seed_s": time.perf_counter() - started}
@@ -349,6 +428,15 @@ async def cost_stack(var: Path, redis_url: str, plan: Plan) -> dict[str, Any]:
             log(f"large: settlement {out['settlement']['rate']:,.0f}/s")
             out["pages"] = await page_times(stack, store, users[1], plan.page_requests)
             out["pages_merchant"] = await page_times(stack, store, merchant, plan.page_requests)
+            out["statement"] = await statement_times(
+                stack, merchant, seeded_from, 3, plan.page_requests
+            )
+            log(
+                f"large: statement of {out['statement']['entries']:,} entries"
+                f" {out['statement']['json']['p50']:.0f} ms"
+                f" (+{out['statement']['json']['peak_rss_growth_kib'] / 1024:.1f} MiB peak);"
+                f" balance-at p99 {out['statement']['balance_at']['p99']:.1f} ms"
+            )
             mine = sa.or_(
                 transfers.c.from_account == merchant.account,
                 transfers.c.to_account == merchant.account,
