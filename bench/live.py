@@ -5,7 +5,7 @@
 ``fan_out``: single events to many subscribers of one account: POST start ->
 ``transfer.pending`` at each of them.
 
-    python -m bench.live [--rate 200] [--seconds 10] [--fanout 1000]
+    python -m bench.live [--rate 500] [--seconds 10] [--fanout 1000]
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ async def fan_out(stack: Stack, sender: User, subscriber: User, n: int, events: 
 
 async def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rate", type=int, default=200)
+    p.add_argument("--rate", type=int, default=500)
     p.add_argument("--seconds", type=float, default=10)
     p.add_argument("--fanout", type=int, default=1000)
     p.add_argument("--fanout-events", type=int, default=5)

@@ -25,7 +25,7 @@ class Figure:
     name: str
     target: str
     value: float
-    unit: str  # "/s", "ms" or "B"
+    unit: str  # "/s", "ms", "B" or "%"
     ok: bool | None  # None: no target of its own
     ratio: float | None = None  # to the ceiling
     note: str = ""
@@ -40,6 +40,10 @@ def _fmt(value: float, unit: str) -> str:
         return f"{value:,.0f}/s"
     if unit == "B":
         return f"{value / 1000:,.1f} KB"
+    if unit == "%":
+        return f"{value:.1f}%"
+    if value < 1:
+        return f"{value:.2f} ms"
     return f"{value:,.1f} ms" if value < 100 else f"{value:,.0f} ms"
 
 
@@ -53,6 +57,8 @@ def _target_text(target: Target, unit: str) -> str:
     op, limit = target
     if unit == "B":
         return f"{op} {limit / 1000:g} KB"
+    if unit == "%":
+        return f"{op} {limit:g}%"
     return f"{op} {limit:,g}/s" if unit == "/s" else f"{op} {limit:g} ms"
 
 
@@ -71,22 +77,38 @@ def figures(results: dict[str, Any]) -> list[dict[str, Any]]:
     acc, live, fan = settle["acceptance"], settle["live"], settle["fanout"]
     idle = settle["idle"]["bytes_per_connection"]
     at = f"at subscriber {{}}, {rate}/s"
-    # key, name, value, unit, target, the ceiling's figure it is divided by
-    rows: list[tuple[str, str, float, str, Target, float]] = [
+    # key, name, value, unit, target, the ceiling's figure it is divided by (if any)
+    rows: list[tuple[str, str, float, str, Target, float | None]] = [
         (
             "acceptance_rate",
             f"Transfers accepted, {clients} clients",
             acc["rate"],
             "/s",
-            ("≥", 1000),
+            ("≥", 1500),
             ceiling["closed"]["rate"],
+        ),
+        (
+            "acceptance_share",
+            "Transfers accepted, as a share of the ceiling's requests/s",
+            acc["rate"] * 100 / ceiling["closed"]["rate"],
+            "%",
+            ("≥", 8),
+            None,
+        ),
+        (
+            "acceptance_cpu",
+            "Web-process CPU per accepted transfer",
+            acc["web_cpu_ms_per_transfer"],
+            "ms",
+            ("<", 0.5),
+            None,
         ),
         (
             "acceptance_p99",
             f"Acceptance latency p99, {clients} clients",
             acc["p99"],
             "ms",
-            ("<", 50),
+            ("<", 30),
             ceiling["closed"]["p99"],
         ),
     ]
@@ -112,7 +134,7 @@ def figures(results: dict[str, Any]) -> list[dict[str, Any]]:
             f"Web process memory per idle WebSocket, {settle['idle']['connections']:,} open",
             idle,
             "B",
-            ("<", 50_000),
+            ("<", 30_000),
             ceiling["idle"]["bytes_per_connection"],
         ),
         (
@@ -120,12 +142,20 @@ def figures(results: dict[str, Any]) -> list[dict[str, Any]]:
             f"One event to {fan['subscribers']:,} subscribers, p99",
             fan["p99"],
             "ms",
-            ("<", 100),
+            ("<", 50),
             c200["p99"],
         ),
     ]
     out = [
-        Figure(key, name, _target_text(t, unit), value, unit, _met(t, value), value / base)
+        Figure(
+            key,
+            name,
+            _target_text(t, unit),
+            value,
+            unit,
+            _met(t, value),
+            None if base is None else value / base,
+        )
         for key, name, value, unit, t, base in rows
     ]
     if "large" in results:
@@ -138,9 +168,9 @@ def _large(
 ) -> list[Figure]:
     entries = f"{large['ledger_entries']:,} entries"
     out = []
-    for key, name, target in (
-        ("acceptance", "Transfers accepted, 16 clients", "≥ 1,000/s"),
-        ("settlement", "Settled by one worker", "≥ 5,000/s"),
+    for key, name in (
+        ("acceptance", "Transfers accepted, 16 clients"),
+        ("settlement", "Settled by one worker"),
     ):
         value, base = large[key]["rate"], settle[key]["rate"]
         change = value / base - 1
@@ -148,7 +178,7 @@ def _large(
             Figure(
                 f"large_{key}_rate",
                 f"{name}, {entries}",
-                f"falls < 20% (and {target})",
+                "falls < 20%",
                 value,
                 "/s",
                 change > -MAX_DROP,
@@ -178,7 +208,27 @@ def _large(
         )
     if "statement" in large:
         out += _statement(large["statement"], entries)
+        out.append(
+            _reading_lag(large["pages_merchant"]["loop_lag"], large["statement"]["loop_lag"])
+        )
     return out
+
+
+def _reading_lag(*lags: dict[str, float]) -> Figure:
+    """Event-loop lag while the big account's history and statement are read: p99.9 as
+    the bound of its histogram bucket."""
+    samples = sum(lag["samples"] for lag in lags)
+    over = sum(lag["over_5ms"] for lag in lags)
+    bound = max(lag["p999_bound_s"] for lag in lags) * 1000
+    return Figure(
+        "reading_lag_p999",
+        "Event-loop lag p99.9 while the merchant's history and statement are read",
+        "< 5 ms",
+        bound,
+        "ms",
+        over <= 0.001 * samples,
+        note=f"at most this bucket's bound; {over:.0f} of {samples:.0f} samples over 5 ms",
+    )
 
 
 def _statement(st: dict[str, Any], entries: str) -> list[Figure]:

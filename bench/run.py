@@ -13,7 +13,7 @@ WebSocket subscribers run in this process, on the same two cores. Writes
 ``--quick`` (``make bench-quick``, under a minute) runs shorter, with 1,000 idle sockets
 and a 50,000-entry ledger instead of 10,000 and 1,000,000, and writes ``quick.json``,
 ``quick.md`` and ``quick-latency-cdf.png`` instead. ``--profile`` also samples the web and
-worker processes with py-spy during the 200/s run (``results/profile-{web,worker}.svg``).
+worker processes with py-spy during the 500/s run (``results/profile-{web,worker}.svg``).
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ from bench.stack import (
     SECRET_KEY,
     Stack,
     connected,
+    cpu_seconds,
     drain,
     free_port,
     lag_between,
@@ -89,7 +90,7 @@ class Plan:
     history_users: int
     page_requests: int
     clients: int = 16
-    rate: int = 200
+    rate: int = 500
     fanout: int = 1000
 
 
@@ -102,7 +103,7 @@ def log(message: str) -> None:
 
 
 async def ceiling(var: Path, plan: Plan) -> dict[str, Any]:
-    """The minimal app: 16 clients closed loop, 200/s open loop, idle socket memory."""
+    """The minimal app: 16 clients closed loop, the plan's rate open loop, idle socket memory."""
     port = free_port()
     env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "SECRET_KEY": SECRET_KEY}
     env["SETTLE_VAR_DIR"] = str(var)
@@ -175,6 +176,10 @@ async def accept_load(stack: Stack, users: Sequence[User], plan: Plan) -> loadge
     return await loadgen.closed_loop(
         "127.0.0.1", stack.settings.port, plan.clients, plan.seconds, make, plan.warmup_s
     )
+
+
+async def transfer_count(store: Store) -> int:
+    return int(await store.fetch_val(sa.select(sa.func.count()).select_from(transfers)))
 
 
 async def page_times(stack: Stack, store: Store, user: User, n: int) -> dict[str, Any]:
@@ -355,10 +360,22 @@ async def main_stack(var: Path, redis_url: str, plan: Plan, profile: bool) -> di
             who = [(u.account, u.token) for u in idle_users]
             out["idle"] = await idle_memory(stack.url, stack.pid("web"), plan.idle, who)
             log(f"idle sockets: {out['idle']['bytes_per_connection'] / 1000:.1f} KB each")
+            created, cpu = await transfer_count(store), cpu_seconds(stack.pid("web"))
             run = await accept_load(stack, load, plan)
-            out["acceptance"] = {**run.to_json(), "pending_after": await pending(store)}
+            cpu, created = (
+                cpu_seconds(stack.pid("web")) - cpu,
+                await transfer_count(store) - created,
+            )
+            out["acceptance"] = {
+                **run.to_json(),
+                "pending_after": await pending(store),
+                "web_cpu_ms_per_transfer": cpu * 1000 / max(created, 1),
+            }
             out["acceptance"]["drain_s"] = await drain(stack, store)
-            log(f"acceptance: {run.rate:,.0f}/s, p99 {out['acceptance']['p99']:.1f} ms")
+            log(
+                f"acceptance: {run.rate:,.0f}/s, p99 {out['acceptance']['p99']:.1f} ms,"
+                f" web CPU {out['acceptance']['web_cpu_ms_per_transfer']:.2f} ms a transfer"
+            )
             with profiled(stack, plan.seconds, profile):
                 lat = await drive(stack, live[:SENDERS], live[SENDERS], plan.rate, plan.seconds)
             out["live"] = {
@@ -473,7 +490,7 @@ def machine() -> dict[str, Any]:
 async def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="under a minute, at smaller scale")
-    p.add_argument("--profile", action="store_true", help="py-spy the 200/s run")
+    p.add_argument("--profile", action="store_true", help="py-spy the live run at the plan's rate")
     p.add_argument("--skip-cost", action="store_true", help="no large-database figures")
     args = p.parse_args()
     plan = QUICK if args.quick else FULL

@@ -126,7 +126,19 @@ def lag_between(before: dict[float, float], after: dict[float, float]) -> dict[s
     total = delta.get(float("inf"), 0.0)
     within_5ms = delta.get(0.005, 0.0)
     highest = min((le for le, n in delta.items() if n >= total), default=float("inf"))
-    return {"samples": total, "over_5ms": total - within_5ms, "max_bound_s": highest}
+    p999 = min((le for le, n in delta.items() if n >= 0.999 * total), default=float("inf"))
+    return {
+        "samples": total,
+        "over_5ms": total - within_5ms,
+        "max_bound_s": highest,
+        "p999_bound_s": p999,
+    }
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def wait_worker(settings: Settings, proc: subprocess.Popen[bytes], log: Path) -> None:

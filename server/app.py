@@ -32,6 +32,7 @@ from server import (
 from server.dispatch import Dispatcher
 from server.headers import SecurityHeaders
 from server.hub import Hub
+from server.limits import TransferRate
 from server.redisbox import redis_settings
 from server.services import Services
 from server.settings import Settings
@@ -73,6 +74,8 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
         lag_probe = asyncio.create_task(metrics.probe_loop_lag(m.loop_lag))
         dispatch = Dispatcher(redis, settings)
         hasher = passwords.Hasher()
+        tokens = auth.TokenCache()
+        hub.on_ended.append(tokens.forget)
         try:
             yield {
                 "services": Services(
@@ -85,6 +88,8 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
                     templates=templates,
                     throttle=Throttle(redis, settings),
                     hasher=hasher,
+                    rate=TransferRate(redis, settings),
+                    tokens=tokens,
                 )
             }
         finally:

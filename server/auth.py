@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import secrets
+import time
 from typing import Literal
 
 import sqlalchemy as sa
@@ -78,19 +79,62 @@ class User:
     expires_at: int = 0
 
 
-async def user_for_token(store: Store, token: str) -> User | None:
+# How long a web process trusts what it last read of a live token. Ending a token
+# forgets it at once in the process that ended it and, through the announcement every
+# hub receives (``Hub.end_credential``), in every other; this only bounds how long a
+# missed announcement (Redis down) can keep an ended token working there.
+TOKEN_CACHE_S = 1.0
+TOKEN_CACHE_SIZE = 10_000
+
+
+class TokenCache:
+    """The users of recently seen live tokens, by digest: under load, most requests
+    skip the database read (a thread hop) that authenticates them."""
+
+    def __init__(self) -> None:
+        self._users: dict[str, tuple[float, User]] = {}
+
+    def get(self, digest: str) -> User | None:
+        hit = self._users.get(digest)
+        if hit is None:
+            return None
+        seen, user = hit
+        if time.monotonic() - seen > TOKEN_CACHE_S or user.expires_at <= now_us():
+            self._users.pop(digest, None)
+            return None
+        return user
+
+    def put(self, digest: str, user: User) -> None:
+        if len(self._users) >= TOKEN_CACHE_SIZE:
+            self._users.pop(next(iter(self._users)))  # the oldest
+        self._users[digest] = (time.monotonic(), user)
+
+    def forget(self, credential: str) -> None:
+        """A credential ("token:<digest>", …) ended."""
+        kind, _, digest = credential.partition(":")
+        if kind == "token":
+            self._users.pop(digest, None)
+
+
+async def user_for_token(store: Store, token: str, cache: TokenCache | None = None) -> User | None:
     """The user of a live token, or None."""
     digest = token_digest(token)
+    user = cache.get(digest) if cache is not None else None
+    if user is not None:
+        return user
     row = await store.fetch_one(_TOKEN_USER, {"digest": digest, "now": now_us()})
     if row is None:
         return None
-    return User(
+    user = User(
         str(row["id"]),
         str(row["username"]),
         via="bearer",
         credential=f"token:{digest}",
         expires_at=int(row["expires_at"]),
     )
+    if cache is not None:
+        cache.put(digest, user)
+    return user
 
 
 _LIVE_TOKEN = sa.select(api_tokens.c.token_hash).where(
@@ -119,6 +163,7 @@ async def revoke_token(app: Services, token: str) -> None:
         api_tokens.update().where(api_tokens.c.token_hash == digest).values(revoked_at=now_us())
     )
     await app.store.transaction(lambda conn: conn.execute(revoke))
+    app.tokens.forget(f"token:{digest}")
     await app.dispatch.credential_ended(f"token:{digest}")
 
 
@@ -134,7 +179,8 @@ async def authenticate(conn: HTTPConnection) -> User | None:
     browser session cookie. None if neither is present and valid."""
     token = bearer_token(conn)
     if token is not None:
-        return await user_for_token(services(conn).store, token)
+        app = services(conn)
+        return await user_for_token(app.store, token, app.tokens)
     session = await sessions.current(conn)
     if session is None:
         return None

@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from arq.connections import ArqRedis
 from arq.constants import job_key_prefix, result_key_prefix
 from arq.jobs import serialize_job
 from arq.utils import timestamp_ms
 from redis.asyncio.client import Pipeline
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from server.events import Event
 from server.settings import Settings
@@ -125,10 +126,19 @@ class Dispatcher:
         """Jobs for ``transfer_ids`` and ``events`` published, in one pipeline."""
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
-                await self._queue_jobs(pipe, transfer_ids)
+                self._queue_jobs(pipe, transfer_ids)
                 for event in events:
                     pipe.publish(channel(self.settings, event.account_id), event.payload)
-                await pipe.execute()
+                replies = await pipe.execute(raise_on_error=False)
+            if any(isinstance(reply, NoScriptError) for reply in replies):
+                # A Redis that lost its script cache (restarted): load it, queue again.
+                await self.redis.script_load(_ENQUEUE)
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    self._queue_jobs(pipe, transfer_ids)
+                    await pipe.execute()
+            for reply in replies:
+                if isinstance(reply, Exception) and not isinstance(reply, NoScriptError):
+                    raise reply
         except (RedisError, OSError) as exc:
             log.warning(
                 "after commit: %d jobs and %d events not sent, the sweeper and the"
@@ -138,7 +148,7 @@ class Dispatcher:
                 exc,
             )
 
-    async def _queue_jobs(self, pipe: Pipeline, transfer_ids: Iterable[str]) -> None:
+    def _queue_jobs(self, pipe: Pipeline, transfer_ids: Iterable[str]) -> None:
         now = timestamp_ms()
         score = now + self.settings.settle_delay_ms
         expires = score - now + self.redis.expires_extra_ms
@@ -148,5 +158,7 @@ class Dispatcher:
                 SETTLE_JOB, (transfer_id,), {}, None, now, serializer=self.redis.job_serializer
             )
             keys = [job_key_prefix + job, result_key_prefix + job, self.settings.queue_name]
-            # On a pipeline this only queues the command (no round trip of its own).
-            await self._enqueue(keys=keys, args=[expires, payload, score, job], client=pipe)
+            # EVALSHA itself: a pipeline given a Script object asks SCRIPT EXISTS first,
+            # a round trip of its own on every execute.
+            args: list[Any] = [*keys, expires, payload, score, job]
+            pipe.evalsha(self._enqueue.sha, len(keys), *args)

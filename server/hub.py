@@ -148,6 +148,8 @@ class Hub:
         self.render = render
         self.credential_live = credential_live
         self._by_credential: dict[str, set[Subscription]] = {}
+        # Told of every ended credential (the web process's token cache forgets it).
+        self.on_ended: list[Callable[[str], None]] = []
         self._ended_channel = ended_channel(settings)
         self._rechecks: set[asyncio.Task[None]] = set()
         self._content: OrderedDict[tuple[str, int], str] = OrderedDict()
@@ -200,6 +202,8 @@ class Hub:
 
     def end_credential(self, credential: str) -> None:
         """Every stream opened with ``credential`` ends (its socket closes with 4401)."""
+        for listener in self.on_ended:
+            listener(credential)
         for sub in list(self._by_credential.get(credential, ())):
             sub.stop(4401)
 

@@ -6,6 +6,7 @@ reach it with ``services(request)`` (or ``services(websocket)``)."""
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import jinja2
 from arq.connections import ArqRedis
@@ -13,11 +14,15 @@ from starlette.requests import HTTPConnection
 
 from server.dispatch import Dispatcher
 from server.hub import Hub
+from server.limits import TransferRate
 from server.metrics import Metrics
 from server.passwords import Hasher
 from server.settings import Settings
 from server.store import Store
 from server.throttle import Throttle
+
+if TYPE_CHECKING:  # auth needs services at run time, not the other way round
+    from server.auth import TokenCache
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +36,8 @@ class Services:
     templates: jinja2.Environment
     throttle: Throttle
     hasher: Hasher
+    rate: TransferRate
+    tokens: TokenCache
 
 
 def services(conn: HTTPConnection) -> Services:

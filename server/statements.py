@@ -28,6 +28,9 @@ from server.store import Row, Store
 from server.views import iso
 
 MAX_INSTANT = 40
+# Entries read and written out per step: each step formats its rows on the event loop,
+# so a step must stay well under a millisecond or two for every other socket's sake.
+CHUNK = 200
 CSV_COLUMNS = ("at", "transfer_id", "counterparty", "memo", "amount", "balance_after")
 # A text cell a spreadsheet would run as a formula gets a leading apostrophe (CSV
 # injection): people open statements in spreadsheets, and memos are others' words.
@@ -136,7 +139,7 @@ class Statement:
         """The entries, oldest first, a chunk at a time; keeps the closing balance and
         the chain head up to date as they pass."""
         values = {"acct": self.account["id"], "start": self.start, "end": self.end}
-        async for chunk in self.store.chunks(_ENTRIES, values, size=1000):
+        async for chunk in self.store.chunks(_ENTRIES, values, size=CHUNK):
             out = []
             for r in chunk:
                 self.closing += r["amount"]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from server import errors, faults, ledger, limits, settlement, text
+from server import errors, faults, ledger, settlement, text
 from server.dispatch import Dispatcher
 from server.events import Event
 from server.metrics import SETTLEMENT
@@ -86,7 +86,7 @@ class Sent:
 
 async def send(app: Services, request: ledger.Order) -> Sent:
     """Accept a transfer as pending (or replay the response its key already got)."""
-    await limits.check_transfer_rate(app.redis, app.settings, request.user_id)
+    await app.rate.check(request.user_id)
     transfer_id, at = new_id("tr"), now_us()
     expires_at = at + app.settings.pending_ttl_s * 1_000_000
     try:

@@ -3,6 +3,7 @@ sees or moves what is not theirs."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -467,4 +468,22 @@ async def test_too_many_transfers_per_second_are_429_with_retry_after_and_change
         assert refused.json()["error"]["code"] == "rate_limited"
         assert refused.headers["Retry-After"] == "1"
         assert await snapshot(stack) == before
+        await stack.settle_all()
+
+
+async def test_a_burst_sent_at_once_is_limited_exactly(settings: Settings, store: Store) -> None:
+    """Checks that arrive together share one Redis round trip; each is still counted."""
+    limit = 4
+    async with server_stack(settings, store, transfer_rate=limit) as stack:
+        bob = await stack.customer("0")
+        for _ in range(5):
+            alice = await stack.customer("100.00")
+            window = int(time.time())
+            burst = await asyncio.gather(
+                *(stack.transfer(alice, bob.account, "1.00") for _ in range(3 * limit))
+            )
+            if int(time.time()) == window:
+                break
+        codes = sorted(r.status_code for r in burst)
+        assert codes == [202] * limit + [429] * (2 * limit)
         await stack.settle_all()

@@ -67,12 +67,17 @@ async def test_revoking_a_token_closes_its_streams_in_every_process_within_1_s(
 ) -> None:
     urls = await two_web_processes(fleet)
     alice = await customer(store, "alice")
-    async with streams(urls, alice.account, alice.headers) as sockets:
-        async with httpx.AsyncClient(base_url=urls[0]) as client:
-            r = await client.delete("/api/tokens", headers=alice.headers)
-            assert r.status_code == 204
-        codes = await asyncio.gather(*(closed_with(ws, CLOSED_WITHIN_S) for ws in sockets))
-    assert codes == [4401, 4401]
+    async with httpx.AsyncClient(base_url=urls[1]) as other:
+        # The other process has just seen the token live (and remembers so).
+        assert (await other.get("/api/accounts", headers=alice.headers)).status_code == 200
+        async with streams(urls, alice.account, alice.headers) as sockets:
+            async with httpx.AsyncClient(base_url=urls[0]) as client:
+                r = await client.delete("/api/tokens", headers=alice.headers)
+                assert r.status_code == 204
+            codes = await asyncio.gather(*(closed_with(ws, CLOSED_WITHIN_S) for ws in sockets))
+        assert codes == [4401, 4401]
+        # Its streams ended there, so it has forgotten the token too: no request either.
+        assert (await other.get("/api/accounts", headers=alice.headers)).status_code == 401
 
 
 async def test_logging_out_closes_the_session_streams_in_every_process_within_1_s(

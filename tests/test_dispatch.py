@@ -61,3 +61,23 @@ async def test_a_queued_job_id_is_not_queued_again(settings: Settings, redis: Ar
     queued = sorted(await redis.zrange(settings.queue_name, 0, -1))
     assert queued == [job_id(settings, t).encode() for t in ("tr_x", "tr_y")]
     assert await redis.exists(f"arq:job:{job_id(settings, 'tr_x')}")
+
+
+async def test_jobs_are_queued_after_redis_forgets_its_scripts(
+    settings: Settings, redis: ArqRedis
+) -> None:
+    """The enqueue script is sent by its digest alone (no SCRIPT EXISTS round trip); a
+    Redis that restarted with an empty script cache gets it again, and nothing is lost."""
+    dispatch = Dispatcher(redis, settings)
+    await dispatch.enqueue_settlement(["tr_1"])
+    await redis.script_flush()
+    async with account_events(settings, "acc_a") as pubsub:
+        await dispatch.after_commit([event("acc_a", 1)], settle=["tr_2"])
+        async with asyncio.timeout(10):
+            message = None
+            while message is None:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+    assert orjson.loads(message["data"])["seq"] == 1, "published once, not lost"
+    queued = sorted(await redis.zrange(settings.queue_name, 0, -1))
+    assert queued == [job_id(settings, t).encode() for t in ("tr_1", "tr_2")]
+    await dispatch.close()
