@@ -45,6 +45,8 @@ class Outgoing:
 
 # Put in a subscription's queue after a Redis reconnect: "events may have been lost".
 RESYNC = Outgoing(seq=-1, text="", is_event=False)
+# Put in a subscription's queue when its socket must close (``Subscription.close_code``).
+STOP = Outgoing(seq=-2, text="", is_event=False)
 # Rendered HTML ``content`` kept for this many recent events: live fan-out and the
 # replays of sockets resuming at once all reuse one rendering.
 CONTENT_CACHE = 2048
@@ -56,7 +58,23 @@ CredentialLive = Callable[[str], Awaitable[bool]]
 
 
 class Subscription:
-    """One socket's view of one account: a bounded inbox plus the last seq it was sent."""
+    """One socket's view of one account: a bounded inbox plus the last seq it was sent.
+
+    Ten thousand of these may sit idle in a process, so the inbox is a plain list and
+    one future to wake its reader, not an ``asyncio.Queue`` (three deques each)."""
+
+    __slots__ = (
+        "_inbox",
+        "_waiter",
+        "account_id",
+        "close_code",
+        "credential",
+        "fragments",
+        "hub",
+        "last_seq",
+        "owner",
+        "size",
+    )
 
     def __init__(
         self,
@@ -76,34 +94,56 @@ class Subscription:
         self.credential = credential
         # htmx pages: every message also carries its HTML ``content``.
         self.fragments = fragments
-        self.queue: asyncio.Queue[Outgoing] = asyncio.Queue(maxsize=size)
-        # Set when the socket must close, with ``close_code``: 1013 when the inbox
-        # overflows, 4401 when the credential ends. One event: one waiting task a socket.
-        self.stopped = asyncio.Event()
+        # Bounded by ``offer`` rather than by the queue, so that STOP always fits.
+        self.size = size
+        # Why the socket must close, once it must: 1013 when the inbox overflows, 4401
+        # when the credential ends. The socket's sender learns it from STOP.
         self.close_code = 0
+        self._inbox: list[Outgoing] = []
+        self._waiter: asyncio.Future[None] | None = None
 
     def stop(self, code: int) -> None:
-        if not self.stopped.is_set():
+        if not self.close_code:
             self.close_code = code
-            self.stopped.set()
+            self._put(STOP)
 
     def offer(self, item: Outgoing) -> None:
         """Queue without waiting (called from the fan-out loop, never blocks)."""
-        if self.stopped.is_set():
+        if self.close_code:
             return
-        try:
-            self.queue.put_nowait(item)
-        except asyncio.QueueFull:
+        if len(self._inbox) >= self.size:
             self.stop(1013)
             self.hub.unsubscribe(self)
+            return
+        self._put(item)
+
+    def _put(self, item: Outgoing) -> None:
+        self._inbox.append(item)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     async def next(self) -> list[Outgoing]:
-        """Wait for the next live item; return what to send now, in seq order."""
-        return await self.deliver(await self.queue.get())
+        """Wait for what arrives next; return what to send now, in seq order."""
+        while not self._inbox:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        items, self._inbox = self._inbox, []
+        out: list[Outgoing] = []
+        for item in items:
+            out += await self.deliver(item)
+            if out and out[-1] is STOP:
+                break
+        return out
 
     async def deliver(self, item: Outgoing) -> list[Outgoing]:
         """Turn one queued item into the messages to send: drop what was already sent,
-        fill a gap from the log first, resync from the log after a reconnect."""
+        fill a gap from the log first, resync from the log after a reconnect; STOP is
+        passed on as it is."""
+        if item is STOP:
+            return [STOP]
         if item is RESYNC or item.seq > self.last_seq + 1:
             return await self.catch_up()
         if item.seq <= self.last_seq:

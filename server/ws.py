@@ -11,14 +11,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import time
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from server import auth, reads
 from server.events import PING
-from server.hub import Subscription
+from server.hub import STOP, Subscription
 from server.services import services
+
+log = logging.getLogger("settle.ws")
 
 MAX_CLIENT_MESSAGE = 4096
 CLIENT_RATE = 20.0  # messages per second, with a burst of as many
@@ -84,20 +87,18 @@ async def stream(websocket: WebSocket) -> None:
     except BaseException:
         app.hub.unsubscribe(sub)
         raise
-    tasks = [
-        asyncio.create_task(_send_loop(websocket, sub, app.settings.ws_ping_s)),
-        asyncio.create_task(_receive_loop(websocket)),
-        asyncio.create_task(_stopped(sub, user.expires_at)),
-    ]
+    # Two tasks a socket, the fewest that can both send and notice a client's close: this
+    # one reads, ``sender`` writes (and closes the socket when ``sub`` is stopped).
+    expiry = _expire(sub, user.expires_at)
+    sender = asyncio.create_task(_send_loop(websocket, sub, app.settings.ws_ping_s))
     try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        close = await _receive_loop(websocket)
     finally:
         app.hub.unsubscribe(sub)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    closes = [t.result() for t in done if not t.cancelled() and t.exception() is None]
-    close = next((c for c in closes if c is not None), None)
+        if expiry is not None:
+            expiry.cancel()
+        sender.cancel()
+        await asyncio.gather(sender, return_exceptions=True)
     if close is not None:
         await _close(websocket, close)
 
@@ -120,11 +121,16 @@ async def _refusal(websocket: WebSocket) -> Close | tuple[auth.User, str, int | 
     return user, account_id, since, seq
 
 
-async def _send_loop(websocket: WebSocket, sub: Subscription, ping_s: float) -> Close | None:
+async def _send_loop(websocket: WebSocket, sub: Subscription, ping_s: float) -> None:
     try:
-        for item in await sub.catch_up():
-            await websocket.send_text(sub.encode(item))
+        batch = await sub.catch_up()
         while True:
+            for item in batch:
+                if item is STOP:
+                    code = sub.close_code
+                    await _close(websocket, Close(code, CLOSE_REASONS[code]))
+                    return
+                await websocket.send_text(sub.encode(item))
             try:
                 # A timeout scope rather than wait_for: no extra task and loop step per
                 # message, which adds up when one event wakes a thousand sockets at once.
@@ -134,10 +140,11 @@ async def _send_loop(websocket: WebSocket, sub: Subscription, ping_s: float) -> 
                 await websocket.send_text(PING)
                 # A publish lost without a later event to reveal the gap shows up here.
                 batch = await sub.catch_up()
-            for item in batch:
-                await websocket.send_text(sub.encode(item))
     except (WebSocketDisconnect, OSError, RuntimeError):
-        return None
+        return
+    except Exception as exc:  # the database unreachable for a catch-up, say
+        log.warning("stream of %s ended: %r", sub.account_id, exc)
+        await _close(websocket, Close(1011, CLOSE_REASONS[1011]))
 
 
 async def _receive_loop(websocket: WebSocket) -> Close | None:
@@ -160,21 +167,20 @@ async def _receive_loop(websocket: WebSocket) -> Close | None:
 
 
 CLOSE_REASONS = {
+    1011: "server error: reconnect with since",
     1013: "too slow: reconnect with since",
     4401: "the credential ended; authenticate again",
 }
 
 
-async def _stopped(sub: Subscription, expires_at: int) -> Close:
-    """When the socket must close: its inbox overflowed (1013), or the credential it was
-    opened with ended (4401): revoked, logged out, or expired (``expires_at``,
-    microseconds since the epoch)."""
-    left = expires_at / 1_000_000 - time.time() if expires_at else None
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(max(left, 0.0) if left is not None else None):
-            await sub.stopped.wait()
-    code = sub.close_code or 4401  # not stopped: the credential expired
-    return Close(code, CLOSE_REASONS[code])
+def _expire(sub: Subscription, expires_at: int) -> asyncio.TimerHandle | None:
+    """Stop ``sub`` (4401) when the credential it was opened with expires (microseconds
+    since the epoch; 0: never). Revocation and logout stop it through the hub."""
+    if not expires_at:
+        return None
+    loop = asyncio.get_running_loop()
+    left = max(expires_at / 1_000_000 - time.time(), 0.0)
+    return loop.call_at(loop.time() + left, sub.stop, 4401)
 
 
 async def _close(websocket: WebSocket, close: Close) -> None:
