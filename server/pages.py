@@ -17,7 +17,18 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from server import errors, fragments, login, metrics, reads, send_form, sessions, transfers, views
+from server import (
+    errors,
+    fragments,
+    login,
+    metrics,
+    reads,
+    send_form,
+    sessions,
+    statement_page,
+    transfers,
+    views,
+)
 from server.events import Event
 from server.services import services
 from server.sessions import Session
@@ -201,6 +212,7 @@ routes = [
     Route("/accounts/{account_id}", account_page, methods=["GET"]),
     Route("/accounts/{account_id}/history", history_partial, methods=["GET"]),
     *send_form.routes,
+    *statement_page.routes,
     Route("/transfers/{transfer_id}", transfer_page, methods=["GET"]),
     Route("/transfers/{transfer_id}/cancel", cancel, methods=["POST"]),
 ]

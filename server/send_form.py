@@ -8,6 +8,7 @@ confirmed "Send again".
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from datetime import datetime
@@ -29,6 +30,8 @@ from server.store import Row
 # a transfer is known for it: a reload or the back button renders the same key, so
 # sending the same form again never moves money twice, with or without JavaScript.
 KEY_COOKIE = "settle_form_key"
+# "USD 5", "5 EUR": an amount with its currency code.
+_CODE = re.compile(r"([A-Za-z]{3} ?[0-9.,]+|[0-9.,]+ ?[A-Za-z]{3})")
 KEY_TTL_S = 24 * 3600
 FIELDS = {"to_account": "to", "amount": "amount", "memo": "memo"}
 
@@ -80,7 +83,7 @@ def amount_error(typed: str) -> str:
         return "Enter an amount, like 12.34."
     if text.startswith("-"):
         return "Enter an amount above zero, like 12.34."
-    if any(c in text for c in "$€£") or text[:3].isalpha():
+    if any(c in text for c in "$€£") or _CODE.fullmatch(text):
         return "Leave out the currency sign: enter an amount like 12.34."
     if "," in text:
         return "Leave out the commas: enter an amount like 1000.00."
