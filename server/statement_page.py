@@ -13,6 +13,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from server import errors, fragments, reads, sessions, statements, views
+from server.money import format_amount
 from server.services import services
 
 _MONTH = re.compile(r"(?P<year>[0-9]{4})-(?P<month>0[1-9]|1[0-2])")
@@ -70,8 +71,8 @@ async def statement_page(request: Request) -> Response:
         month=f"{year:04d}-{month:02d}",
         previous=shift(year, month, -1),
         following=None if (year, month) >= (this.year, this.month) else shift(year, month, 1),
-        opening=views.format_amount(sheet.opening),
-        closing=views.format_amount(sheet.closing),
+        opening=format_amount(sheet.opening),
+        closing=format_amount(sheet.closing),
         chain_head=sheet.head,
         start=views.iso(sheet.start),
         end=views.iso(sheet.end),

@@ -29,7 +29,7 @@ async def test_rows_name_the_other_party_with_a_local_time_and_the_deposit(stack
         await login(client, alice)
         page = (await client.get(f"/accounts/{alice.account}")).text
         rows = ROW.findall(page)
-        assert f"To {bob.username}" in rows[0] and "−$4.30" in rows[0]
+        assert f"To {bob.username}" in rows[0] and "\N{MINUS SIGN}$4.30" in rows[0]
         assert "expected by" in rows[0] and '<time datetime="' in rows[0] and "UTC" in rows[0]
         assert "Bank deposit" in rows[1] and "+$100.00" in rows[1]
         assert bob.account not in rows[0]
@@ -51,7 +51,7 @@ async def test_failed_and_cancelled_amounts_read_as_not_charged_from_each_side(
     async with browser(stack) as client:
         await login(client, alice)
         row = ROW.findall((await client.get(f"/accounts/{alice.account}")).text)[0]
-        assert "<s>$40.00</s>" in row and "not charged" in row and "−$40.00" not in row
+        assert "<s>$40.00</s>" in row and "not charged" in row and "\N{MINUS SIGN}$40.00" not in row
         assert "the recipient&#39;s account is frozen" in row
     async with browser(stack) as client:
         await login(client, bob)
