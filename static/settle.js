@@ -89,10 +89,35 @@
 
   // After a send, focus moves to its result: the duplicate question, the first field in
   // error, or the status line (so a second Enter does not submit the fresh form).
+  // The form's status line follows its transfer. A stream event may come before the
+  // form that shows the transfer: keep the newest status line of each transfer, and
+  // apply it when the form lands.
+  const statuses = new Map();
+
+  function keepStatuses(html) {
+    if (typeof html !== "string" || !html.includes('id="status-')) return;
+    const box = document.createElement("template");
+    box.innerHTML = html;
+    for (const el of box.content.querySelectorAll('[id^="status-"]')) {
+      const known = statuses.get(el.id);
+      if (!known || +known.dataset.version <= +el.dataset.version) statuses.set(el.id, el);
+    }
+  }
+
+  function applyStatuses(root) {
+    for (const el of root.querySelectorAll('[id^="status-"]')) {
+      const newer = statuses.get(el.id);
+      if (newer && +newer.dataset.version > +el.dataset.version) {
+        el.replaceWith(newer.cloneNode(true));
+      }
+    }
+  }
+
   document.addEventListener("htmx:after:swap", () => {
     const send = document.getElementById("send");
     if (!send || !send.dataset.swapped) return;
     delete send.dataset.swapped;
+    applyStatuses(send);
     const target =
       send.querySelector("#duplicate") ||
       send.querySelector('[aria-invalid="true"]') ||
@@ -119,7 +144,10 @@
       const el = e.target;
       el.dataset.since = String(Math.max(message.seq, Number(el.dataset.since || 0)));
     }
-    if (message.content) makeRoom(message.content);
+    if (message.content) {
+      makeRoom(message.content);
+      keepStatuses(message.content);
+    }
     else if (message.type === "snapshot") {
       // Too far behind to replay: re-render the balance and history from the server.
       const account = e.target.dataset.account;
