@@ -232,3 +232,18 @@ def test_window_phrases_are_human() -> None:
     assert present.window(1506.8) == "arrived in 1.5 s"
     assert present.window(12000) == "arrived in 12 s"
     assert present.window(180_000) == "arrived in 3 min"
+
+
+async def test_without_javascript_focus_lands_on_the_result(stack: Stack) -> None:
+    alice, bob = await stack.customer("10.00"), await stack.customer("0")
+    url = f"/accounts/{alice.account}/transfers"
+    async with browser(stack) as client:
+        await login(client, alice)
+        page = (await client.get(f"/accounts/{alice.account}")).text
+        assert "autofocus" not in page.split('id="send"')[1], "a fresh form takes no focus"
+        r = await client.post(url, data=form_of(page, to=bob.username, amount="x"))
+        assert re.search(r'<input id="amount"[^>]*autofocus', r.text)
+        r = await client.post(url, data=form_of(page, to=bob.username, amount="1"))
+        page = (await client.get(r.headers["location"])).text
+        assert re.search(r'id="form-status"[^>]*autofocus', page)
+    await stack.settle_all()
