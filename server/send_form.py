@@ -201,11 +201,14 @@ async def send(request: Request) -> Response:
         form["duplicate"] = duplicate_warning(exc)
         return await pages.form_response(request, session, form, exc.status)
     except errors.SettleError as exc:
+        message = refusal_message(exc, form, account)
+        if isinstance(exc, errors.IdempotencyKeyReused) and key is not None:
+            message = await _already_sent(request, session, key) or message
         if isinstance(exc, (errors.IdempotencyKeyReused, errors.InvalidField)) and (
             exc.field == "Idempotency-Key"
         ):
             form["idempotency_key"] = new_key()
-        form["errors"] = {FIELDS.get(exc.field or "", "form"): refusal_message(exc, form, account)}
+        form["errors"] = {FIELDS.get(exc.field or "", "form"): message}
         refused = await pages.form_response(request, session, form, exc.status)
         keep_key(request, refused, account["id"], form["idempotency_key"])
         return refused
@@ -221,6 +224,21 @@ async def send(request: Request) -> Response:
     # The transfer is known: the next form gets a new key.
     keep_key(request, response, account["id"], fresh)
     return response
+
+
+async def _already_sent(request: Request, session: Session, key: str) -> str | None:
+    """This form's key went with another transfer (a second tab, or an answer lost before
+    the details were changed): say which, so nothing is sent twice unknowingly."""
+    row = await reads.sent_with_key(services(request).store, session.user_id, key)
+    if row is None:
+        return None
+    earlier = views.transfer_of(row)
+    amount = present.money(earlier["amount"], earlier["currency"])
+    who = present.counterparty(earlier, True)
+    return (
+        f"This form already sent {amount} to {who} ({earlier['status']}). "
+        "Check your history; to send this one too, press Send again."
+    )
 
 
 async def sent_state(

@@ -247,3 +247,22 @@ async def test_without_javascript_focus_lands_on_the_result(stack: Stack) -> Non
         page = (await client.get(r.headers["location"])).text
         assert re.search(r'id="form-status"[^>]*autofocus', page)
     await stack.settle_all()
+
+
+async def test_a_form_key_already_used_elsewhere_names_what_it_sent(stack: Stack) -> None:
+    alice, bob, carol = [await stack.customer(d) for d in ("100.00", "0", "0")]
+    url = f"/accounts/{alice.account}/transfers"
+    async with browser(stack) as client:
+        await login(client, alice)
+        first_tab = (await client.get(f"/accounts/{alice.account}")).text
+        second_tab = (await client.get(f"/accounts/{alice.account}")).text
+        r = await client.post(url, data=form_of(first_tab, to=bob.username, amount="5.00"))
+        assert r.status_code == 303
+        r = await client.post(url, data=form_of(second_tab, to=carol.username, amount="6.00"))
+        assert r.status_code == 422
+        assert f"This form already sent $5.00 to {bob.username} (pending)" in r.text
+        assert 'value="6.00"' in r.text, "what was typed is kept"
+        r = await client.post(url, data=form_of(r.text, to=carol.username, amount="6.00"))
+        assert r.status_code == 303, "sent again, with the new key, it goes through"
+    assert await sent_by(stack, alice) == 2
+    await stack.settle_all()
