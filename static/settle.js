@@ -55,7 +55,8 @@
     badge.dataset.state = state;
     badge.querySelector(".conn-text").textContent = text;
     const time = badge.querySelector(".conn-time");
-    if (time) time.textContent = lastUpdate ? `· updated ${clock(lastUpdate)}` : "";
+    const said = state === "live" ? "updated" : "last update";
+    if (time) time.textContent = lastUpdate ? `· ${said} ${clock(lastUpdate)}` : "";
   }
 
   function live() {
