@@ -241,6 +241,8 @@ async def test_without_javascript_the_key_survives_a_reload_and_duplicates_ask_f
 
 async def test_the_connection_indicator_is_honest(live: Live) -> None:
     alice = await live.stack.customer("10.00")
+    plain = await live.open_account(alice, js=False)
+    await expect(plain.locator("#conn")).to_have_text("Reload to update")
     page = await live.open_account(alice)
     await expect(page.locator("#conn")).to_contain_text(re.compile(r"Live · updated"))
     await page.context.set_offline(True)
@@ -249,6 +251,11 @@ async def test_the_connection_indicator_is_honest(live: Live) -> None:
     await docshot(page, "offline")
     await page.context.set_offline(False)
     await expect(page.locator("#conn")).to_have_attribute("data-state", "live")
+    # Events flowing mean Live, whatever the browser said before.
+    bob = await live.stack.customer("5.00")
+    await live.stack.transfer(bob, alice.account, "1.25")
+    await expect(page.get_by_test_id("available")).to_have_text("$11.25")
+    await expect(page.locator("#conn")).to_contain_text("Live · updated")
 
 
 async def test_errors_say_the_fix_and_the_preview_follows_the_typing(live: Live) -> None:
