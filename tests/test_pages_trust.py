@@ -213,6 +213,7 @@ async def test_the_monthly_statement_page_and_its_csv(stack: Stack) -> None:
         assert re.findall(r'data-testid="balance-after">([^<]+)<', page) == ["$100.00", "$70.00"]
         assert 'data-testid="opening">$0.00<' in page and 'data-testid="closing">$70.00<' in page
         assert re.search(r'data-testid="chain-head">[0-9a-f]{64}<', page)
+        assert "Bank deposit" in page and "Funding USD" not in page
         assert f"statement.csv?month={month}" in page and "Previous month" in page
         old = (await client.get(f"/accounts/{alice.account}/statement?month=2001-02")).text
         assert "Nothing settled on this account in February 2001" in old and "Next month" in old

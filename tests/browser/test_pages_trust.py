@@ -118,6 +118,7 @@ async def test_dashboard_detail_page_and_form_status_follow_the_same_stream(held
     await expect(dashboard.get_by_test_id("held")).to_have_text("$25.00")
     await expect(dashboard.get_by_test_id("available")).to_have_text("$75.00")
     await expect(dashboard.locator("#announce")).to_contain_text(f"to {bob.username}")
+    await docshot(dashboard, "dashboard")
 
     tid = await last_sent(slow, alice)
     detail = await page.context.new_page()
