@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint fmt clean bench bench-quick bench-live bench-settle
+.PHONY: install run test lint fmt clean bench bench-quick bench-live bench-settle screenshots
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "settle needs Python 3.11+"'
@@ -53,6 +53,10 @@ chaos: install
 		echo "== no PostgreSQL reachable at $(PG_URL): PostgreSQL chaos run skipped"; \
 	fi
 	@cat var/chaos-summary.md
+
+# The screenshots of docs/pages.md, made by the browser tests (needs /usr/bin/chromium).
+screenshots: install
+	SETTLE_SCREENSHOTS=1 $(BIN)/pytest -q tests/browser/test_pages_trust.py
 
 lint: install
 	$(BIN)/ruff check .

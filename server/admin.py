@@ -23,6 +23,33 @@ _USER_ACCOUNT = (
     .where(accounts.c.id == sa.bindparam("acct"), accounts.c.kind == "user")
 )
 _FUNDING_NAME = sa.select(accounts.c.name).where(accounts.c.id == sa.bindparam("acct"))
+_LIST = (
+    sa.select(accounts, users.c.username)
+    .join(users, users.c.id == accounts.c.user_id)
+    .where(accounts.c.kind == "user")
+    .order_by(users.c.username, accounts.c.created_at)
+)
+
+
+async def list_accounts(store: Store, username: str | None = None) -> list[dict[str, str]]:
+    """Every user account (or one user's), with its owner, currency, balances and
+    status: what ``settle accounts`` prints."""
+    query = _LIST if username is None else _LIST.where(users.c.username == username)
+    rows = await store.fetch_all(query)
+    out = []
+    for r in rows:
+        balance = views.balance_of(r)
+        out.append(
+            {
+                "id": r["id"],
+                "owner": r["username"],
+                "currency": r["currency"],
+                "available": balance["available"],
+                "posted": balance["posted"],
+                "status": r["status"],
+            }
+        )
+    return out
 
 
 async def create_user(

@@ -1,4 +1,4 @@
-"""The ``settle`` command line."""
+"""The settle command line."""
 
 from __future__ import annotations
 
@@ -74,6 +74,26 @@ def cmd_user_create(settings: Settings, args: argparse.Namespace) -> int:
         with_store(settings, lambda s: _create_user(s, args.name, args.password, deposit))
     )
     print(f"created user {args.name} with account {account_id}")
+    return 0
+
+
+def cmd_accounts(settings: Settings, args: argparse.Namespace) -> int:
+    found = asyncio.run(with_store(settings, lambda s: admin.list_accounts(s, args.user)))
+    if not found:
+        print(f"no accounts of {args.user}" if args.user else "no accounts yet")
+        return 1 if args.user else 0
+    rows = [("ACCOUNT", "OWNER", "CURRENCY", "AVAILABLE", "POSTED", "STATUS")]
+    rows += [
+        (a["id"], a["owner"], a["currency"], a["available"], a["posted"], a["status"])
+        for a in found
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        cells = [
+            c.rjust(w) if i in (3, 4) else c.ljust(w)
+            for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        ]
+        print("  ".join(cells).rstrip())
     return 0
 
 
@@ -272,7 +292,13 @@ def cmd_watch(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="settle", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="settle",
+        description="settle: money transfers accepted at once, settled in the background, "
+        "shown live.",
+        epilog="Start with: settle demo, then settle run. Logs are quiet by default; "
+        "SETTLE_LOG_LEVEL=debug shows every job.",
+    )
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="web + worker (+ bundled Redis) in one process").set_defaults(
         fn=cmd_run
@@ -292,6 +318,9 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("--password", required=True)
     create.add_argument("--deposit", help="fund the account from the bank, e.g. 100.00")
     create.set_defaults(fn=cmd_user_create)
+    listing = sub.add_parser("accounts", help="list account ids, owners and balances")
+    listing.add_argument("user", nargs="?", help="only this user's accounts")
+    listing.set_defaults(fn=cmd_accounts)
     account = sub.add_parser("account", help="freeze or unfreeze an account")
     account.add_argument("action", choices=["freeze", "unfreeze"])
     account.add_argument("id")
@@ -326,12 +355,14 @@ def _stop_on_sigterm(signum: int, frame: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``settle`` console script."""
     logs.configure()
-    args = parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    logs.quiet_libraries(os.environ.get("SETTLE_LOG_LEVEL", "info"))
     try:
+        args = parser().parse_args(argv)
+        signal.signal(signal.SIGTERM, _stop_on_sigterm)
         settings = Settings.from_env()
         return int(args.fn(settings, args))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        # Ctrl+C: every ``finally`` has run; no traceback for a person who asked to stop.
         print("settle: stopped", file=sys.stderr)
         return 0
     except ConfigError as exc:

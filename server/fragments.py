@@ -8,7 +8,6 @@ transfer row, announcement), so an event repaints exactly what a reload would sh
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,43 +15,11 @@ import jinja2
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
+from server import present
 from server.events import TRANSFER_TYPES
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
-
-SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£"}
-REASONS = {
-    "account_frozen": "the recipient's account is frozen",
-}
-
-
-def money(amount: str | None, currency: str = "USD") -> str:
-    """Decimal strings like "-1234.5" as "-$1,234.50" with a true minus sign; the
-    amounts stay exact strings, never floats."""
-    if amount is None:
-        return ""
-    sign = "\N{MINUS SIGN}" if amount.startswith("-") else ""
-    units, _, frac = amount.lstrip("-").partition(".")
-    symbol = SYMBOLS.get(currency)
-    number = f"{int(units):,}.{(frac or '0').ljust(2, '0')[:2]}"
-    return f"{sign}{symbol}{number}" if symbol else f"{sign}{number} {currency}"
-
-
-def reason_text(reason: str | None) -> str:
-    if reason is None:
-        return "the transfer could not be settled"
-    return REASONS.get(reason, reason.replace("_", " "))
-
-
-def when(iso: str | None) -> str:
-    if iso is None:
-        return ""
-    return datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def short_id(value: str) -> str:
-    return value if len(value) <= 12 else value[:10] + "…"
 
 
 def environment() -> jinja2.Environment:
@@ -64,7 +31,13 @@ def environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(money=money, reason=reason_text, when=when, short_id=short_id)
+    env.filters.update(
+        money=present.money,
+        reason=present.reason_text,
+        when=present.when,
+        exact_when=present.exact_when,
+    )
+    env.globals.update(present=present.transfer, status_line=present.status_line)
     # Compiled now, at start-up: compiling a page on its first request takes ~20 ms,
     # all of it on the event loop, in front of every socket of the process.
     for name in env.list_templates(extensions=["html"]):
@@ -111,32 +84,20 @@ def templates(request: Request) -> jinja2.Environment:
 
 
 def change_note(kind: str, transfer: Mapping[str, Any], account_id: str) -> dict[str, str]:
-    """What an event did to this account, in words: shown on the balance card and
-    announced to screen readers."""
-    outgoing = transfer["from_account"] == account_id
-    amount = money(transfer["amount"], transfer["currency"])
-    outcome = kind.removeprefix("transfer.")
-    ms = transfer.get("settled_in_ms")
-    settled = f" — settled in {ms:g} ms" if ms is not None else ""
-    reason = reason_text(transfer.get("failure_reason"))
-    notes = {
-        ("pending", True): ("held", f"{amount} held for a pending transfer"),
-        ("pending", False): ("incoming", f"{amount} incoming, pending"),
-        ("completed", True): ("settled", f"{amount} sent{settled}"),
-        ("completed", False): ("settled", f"{amount} received{settled}"),
-        ("failed", True): ("rollback", f"Rolled back: {amount} returned — failed, {reason}"),
-        ("failed", False): ("rollback", f"Incoming {amount} did not arrive — {reason}"),
-        ("cancelled", True): ("rollback", f"Cancelled: {amount} released"),
-        ("cancelled", False): ("rollback", f"Incoming {amount} was cancelled by the sender"),
-    }
-    tone, text = notes.get((outcome, outgoing), ("info", f"{amount}: {outcome}"))
-    return {"tone": tone, "text": text}
+    """What an event did to this account, in words (``server.present``)."""
+    return present.change_note(kind, transfer, account_id)
 
 
 def event_fragments(
-    env: jinja2.Environment, message: Mapping[str, Any], csrf_token: str = ""
+    env: jinja2.Environment,
+    message: Mapping[str, Any],
+    csrf_token: str = "",
+    announce: str | None = None,
 ) -> str:
-    """The out-of-band fragments that repaint a page for one transfer event."""
+    """The out-of-band fragments that repaint every page for one transfer event of one
+    account: its balance card (account page, dashboard, transfer page), the transfer's
+    history row and detail card, the send form's status line (the sender's side), and
+    the announcement. A page applies those it has and ignores the rest."""
     account_id, transfer = message["account"], message["transfer"]
     note = change_note(message["type"], transfer, account_id)
     context = {
@@ -149,16 +110,21 @@ def event_fragments(
         "csrf_token": csrf_token,
         "oob": True,
     }
-    available = money(message["balance"]["available"], transfer["currency"])
-    return "".join(
-        [
-            env.get_template("_balance.html").render(context),
-            env.get_template("_row.html").render(context),
-            env.get_template("_announce.html").render(
-                text=f"{note['text']}. Available balance {available}.", oob=True
-            ),
-        ]
+    available = present.money(message["balance"]["available"], transfer["currency"])
+    parts = [
+        env.get_template("_balance.html").render(context),
+        env.get_template("_row.html").render(context),
+        env.get_template("_detail.html").render(context),
+    ]
+    if transfer["from_account"] == account_id:
+        parts.append(env.get_template("_status.html").render(context))
+    text = announce or f"{note['text']}. Available balance {available}."
+    parts.append(
+        env.get_template("_announce.html").render(
+            text=text, oob=True, tone="error" if announce else ""
+        )
     )
+    return "".join(parts)
 
 
 def content_renderer(env: jinja2.Environment) -> Callable[[dict[str, Any]], str]:

@@ -55,3 +55,18 @@ def configure(level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(level)
+
+
+# Libraries whose routine INFO lines drown settle's own: arq logs every job (the
+# sweeper's twice every 2 s), alembic every migration step. At the default level they
+# speak only from WARNING up; the sweeper logs itself when it finds work.
+CHATTY = ("arq", "alembic")
+
+
+def quiet_libraries(level: str = "info") -> None:
+    """Quiet the chatty libraries, unless ``level`` (SETTLE_LOG_LEVEL) is "debug"."""
+    verbose = level.lower() == "debug"
+    for name in CHATTY:
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
+    if verbose:
+        logging.getLogger().setLevel(logging.DEBUG)

@@ -1,36 +1,41 @@
 """The HTML pages: dashboard, account (balance, transfer form, live history) and transfer
-detail. Login and logout are in ``server.login``; errors render in ``server.responses``.
+detail. Login and logout are in ``server.login``, the send form in ``server.send_form``,
+the statement page in ``server.statement_page``; errors render in ``server.responses``.
 
 Handlers stay thin like the API's: they parse the form, call the same use cases
 (``server.transfers``) and reads (``server.reads``), and render. Every form works
 without JavaScript (post, then redirect); with htmx the same endpoints answer with
-fragments instead.
+fragments instead. Every page is live from the same stream and the same fragments
+(``server.fragments.event_fragments``).
 """
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
-from urllib.parse import quote
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from server import errors, fragments, login, metrics, reads, sessions, transfers, views
+from server import (
+    errors,
+    fragments,
+    login,
+    metrics,
+    reads,
+    send_form,
+    sessions,
+    statement_page,
+    transfers,
+    views,
+)
 from server.events import Event
 from server.services import services
 from server.sessions import Session
 
 HISTORY_LIMIT = 50
-# Which form field an error of each request field belongs to; others show on the form.
-FORM_FIELDS = {"to_account": "to", "amount": "amount", "memo": "memo"}
-# What the form says instead of the API's wording, where the form's user needs another.
-FORM_MESSAGES: dict[type[errors.SettleError], str] = {
-    errors.IdempotencyKeyReused: (
-        "this form was already sent with other details; check and send again"
-    ),
-}
+# Re-exported: tests and callers build forms through the pages module.
+new_form = send_form.new_form
 
 
 async def dashboard(request: Request) -> Response:
@@ -51,19 +56,6 @@ async def _account_and_history(
     return account, [views.transfer_of(r) for r in page.transfers]
 
 
-def new_form(**values: Any) -> dict[str, Any]:
-    """A transfer form's state; a fresh idempotency key for each rendered form."""
-    return {
-        "to": "",
-        "amount": "",
-        "memo": "",
-        "idempotency_key": secrets.token_urlsafe(24),
-        "errors": {},
-        "message": None,
-        **values,
-    }
-
-
 async def _account_page(
     request: Request, session: Session, form: dict[str, Any], status_code: int = 200
 ) -> Response:
@@ -82,11 +74,16 @@ async def _account_page(
 
 async def account_page(request: Request) -> Response:
     session = await sessions.require(request)
-    form = new_form()
-    if "sent" in request.query_params:
+    form = new_form(idempotency_key=send_form.form_key(request))
+    sent = request.query_params.get("sent")
+    if sent:
         replayed = request.query_params.get("replayed") == "1"
-        form["message"] = _sent_message(replayed)
-    return await _account_page(request, session, form)
+        await send_form.sent_state(request, session, form, sent, replayed)
+    response = await _account_page(request, session, form)
+    send_form.keep_key(
+        request, response, request.path_params["account_id"], form["idempotency_key"]
+    )
+    return response
 
 
 async def history_partial(request: Request) -> Response:
@@ -108,54 +105,7 @@ async def history_partial(request: Request) -> Response:
     return fragments.html(html)
 
 
-def _sent_message(replayed: bool) -> dict[str, str]:
-    if replayed:
-        return {"tone": "replayed", "text": "Already sent — not charged twice."}
-    return {"tone": "sent", "text": "Transfer accepted: pending until it settles."}
-
-
-async def send(request: Request) -> Response:
-    """Send money from the form, through the same use case as the API."""
-    session = await sessions.require(request)
-    data = await request.form()
-    sessions.check_csrf(request, session.csrf_token, data)
-    app = services(request)
-    account = await reads.owned_account(
-        app.store, session.user_id, request.path_params["account_id"]
-    )
-    # What a person typed, without the spaces around it (ASCII only: the amount itself
-    # must still be a plain decimal).
-    form = new_form(**{k: str(data.get(k, "")).strip(" \t\r\n") for k in ("to", "amount", "memo")})
-    key = str(data.get("idempotency_key", "")) or None
-    if key is not None:
-        form["idempotency_key"] = key
-    try:
-        order = transfers.order(
-            session.user_id,
-            account["id"],
-            await reads.recipient(app.store, form["to"], account["currency"]),
-            form["amount"],
-            form["memo"],
-            key,
-        )
-        sent = await transfers.send(app, order)
-    except errors.SettleError as exc:
-        if isinstance(exc, (errors.IdempotencyKeyReused, errors.InvalidField)) and (
-            exc.field == "Idempotency-Key"
-        ):
-            form["idempotency_key"] = new_form()["idempotency_key"]
-        message = FORM_MESSAGES.get(type(exc), exc.message)
-        form["errors"] = {FORM_FIELDS.get(exc.field or "", "form"): message}
-        return await _form_response(request, session, form, exc.status)
-    metrics.note(request, sent.transfer_id, accepted=not sent.replayed)
-    if not fragments.is_htmx(request):
-        query = f"?sent={quote(sent.transfer_id)}" + ("&replayed=1" if sent.replayed else "")
-        return RedirectResponse(f"/accounts/{account['id']}{query}", status_code=303)
-    fresh = new_form(message=_sent_message(sent.replayed))
-    return await _form_response(request, session, fresh, 202, sent)
-
-
-async def _form_response(
+async def form_response(
     request: Request,
     session: Session,
     form: dict[str, Any],
@@ -174,38 +124,55 @@ async def _form_response(
         account=account, form=form, csrf_token=session.csrf_token
     )
     if sent is not None:
-        # The transfer as it is now (it may have settled already) beside the balance as
-        # it is now; a newer render (a stream event) wins whichever arrives first.
-        transfer = views.transfer_of(
-            await reads.visible_transfer(store, session.user_id, sent.transfer_id)
-        )
-        now = Event(
-            f"transfer.{transfer['status']}", row["id"], row["seq"], transfer, account["balance"], 0
-        )
-        html += fragments.event_fragments(env, now.message(), session.csrf_token)
+        html += await send_form.event_html(request, session, row, sent.transfer_id)
     return fragments.html(html, status_code)
+
+
+async def _transfer_context(request: Request, session: Session) -> dict[str, Any]:
+    store = services(request).store
+    transfer_id = request.path_params["transfer_id"]
+    row = await reads.visible_transfer(store, session.user_id, transfer_id)
+    outgoing = await reads.is_sender(store, session.user_id, row)
+    # The viewer's side, read before the transfer: the stream resumes from its seq, and
+    # a replayed older state never replaces a newer one (data-version).
+    side = await reads.owned_account(
+        store, session.user_id, row["from_account"] if outgoing else row["to_account"]
+    )
+    row = await reads.visible_transfer(store, session.user_id, transfer_id)
+    return {
+        "session": session,
+        "t": views.transfer_of(row),
+        "account": views.account_of(side, session.username),
+        "outgoing": outgoing,
+        "csrf_token": session.csrf_token,
+        "notice": None,
+    }
 
 
 async def transfer_page(request: Request) -> Response:
     session = await sessions.require(request)
-    store = services(request).store
-    row = await reads.visible_transfer(store, session.user_id, request.path_params["transfer_id"])
-    return fragments.render(
-        request,
-        "transfer.html",
-        session=session,
-        t=views.transfer_of(row),
-        outgoing=await reads.is_sender(store, session.user_id, row),
-        csrf_token=session.csrf_token,
-    )
+    context = await _transfer_context(request, session)
+    return fragments.render(request, "transfer.html", **context)
+
+
+def stale_cancel_text(transfer: dict[str, Any]) -> str:
+    outcome = {
+        "completed": "it has already been delivered",
+        "failed": "it has already failed and the money was returned",
+        "cancelled": "it was already cancelled",
+    }.get(str(transfer["status"]), "it is no longer pending")
+    return f"Too late to cancel: this transfer is no longer pending — {outcome}."
 
 
 async def cancel(request: Request) -> Response:
     session = await sessions.require(request)
     sessions.check_csrf(request, session.csrf_token, await request.form())
-    cancelled = await transfers.cancel(
-        services(request), session.user_id, request.path_params["transfer_id"]
-    )
+    try:
+        cancelled = await transfers.cancel(
+            services(request), session.user_id, request.path_params["transfer_id"]
+        )
+    except errors.NotPending:
+        return await _stale_cancel(request, session)
     transfer = cancelled.transfer
     metrics.note(request, transfer["id"])
     if not fragments.is_htmx(request):
@@ -217,12 +184,35 @@ async def cancel(request: Request) -> Response:
     return fragments.html(html)
 
 
+async def _stale_cancel(request: Request, session: Session) -> Response:
+    """A Cancel clicked on a page that had not caught up: say what happened instead, and
+    repaint the transfer as it is now."""
+    context = await _transfer_context(request, session)
+    notice = stale_cancel_text(context["t"])
+    if not fragments.is_htmx(request):
+        context["notice"] = notice
+        return fragments.render(request, "transfer.html", 409, **context)
+    account = context["account"]
+    now = Event(
+        f"transfer.{context['t']['status']}",
+        account["id"],
+        account["seq"],
+        context["t"],
+        account["balance"],
+        0,
+    )
+    env = fragments.templates(request)
+    html = fragments.event_fragments(env, now.message(), session.csrf_token, announce=notice)
+    return fragments.html(html, 409)
+
+
 routes = [
     *login.routes,
     Route("/accounts", dashboard, methods=["GET"]),
     Route("/accounts/{account_id}", account_page, methods=["GET"]),
     Route("/accounts/{account_id}/history", history_partial, methods=["GET"]),
-    Route("/accounts/{account_id}/transfers", send, methods=["POST"]),
+    *send_form.routes,
+    *statement_page.routes,
     Route("/transfers/{transfer_id}", transfer_page, methods=["GET"]),
     Route("/transfers/{transfer_id}/cancel", cancel, methods=["POST"]),
 ]

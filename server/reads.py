@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from server import errors
-from server.schema import account_events, accounts, transfers, users
+from server.schema import account_events, accounts, idempotency_keys, transfers, users
 from server.store import Conn, Row, Store, findable
 
 _ACCOUNTS_OF = (
@@ -72,6 +72,10 @@ _LAST_SENT = (
     .limit(1)
 )
 _EVENTS_PAGE = _EVENTS_AFTER.limit(sa.bindparam("n"))
+_KEY_TRANSFER = sa.select(idempotency_keys.c.transfer_id).where(
+    idempotency_keys.c.user_id == sa.bindparam("uid"),
+    idempotency_keys.c.key == sa.bindparam("key"),
+)
 _PENDING_COUNT = sa.select(sa.func.count()).where(transfers.c.status == "pending")
 _EXPIRED_ONE = (
     sa.select(transfers.c.id)
@@ -209,6 +213,14 @@ async def is_sender(store: Store, user_id: str, transfer: Row) -> bool:
 async def pending_older_than(store: Store, before_us: int, limit: int = 1000) -> list[str]:
     rows = await store.fetch_all(_PENDING_BEFORE, {"before": before_us, "n": limit})
     return [r["id"] for r in rows]
+
+
+async def sent_with_key(store: Store, user_id: str, key: str) -> Row | None:
+    """The transfer this user's idempotency key was first used for, if any."""
+    found = await store.fetch_val(_KEY_TRANSFER, {"uid": user_id, "key": key})
+    if found is None:
+        return None
+    return await store.fetch_one(_VISIBLE_TRANSFER, {"tid": found, "uid": user_id})
 
 
 async def last_sent(store: Store, account_id: str) -> str | None:

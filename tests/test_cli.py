@@ -176,3 +176,39 @@ async def test_after_a_kill_9_the_next_start_finds_nothing_in_its_way(
         proc.send_signal(signal.SIGINT)  # Ctrl+C
         assert await asyncio.to_thread(proc.wait, 30) == 0
         assert await _gone(redis_pid)
+
+
+async def test_accounts_lists_ids_owners_currencies_and_balances(stack: Stack) -> None:
+    alice, bob = await stack.customer("12.50"), await stack.customer("0")
+    listed = settle(stack.settings, "accounts")
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert lines[0].split() == ["ACCOUNT", "OWNER", "CURRENCY", "AVAILABLE", "POSTED", "STATUS"]
+    assert [alice.account, alice.username, "USD", "12.50", "12.50", "active"] in [
+        line.split() for line in lines
+    ]
+    one = settle(stack.settings, "accounts", bob.username)
+    assert one.returncode == 0 and len(one.stdout.splitlines()) == 2
+    assert bob.account in one.stdout and alice.account not in one.stdout
+    nobody = settle(stack.settings, "accounts", "nobody-by-that-name")
+    assert nobody.returncode == 1 and "no accounts of nobody-by-that-name" in nobody.stdout
+
+
+def test_help_is_plain_text(settings: Settings) -> None:
+    for args in (["--help"], ["accounts", "--help"], ["audit", "--help"]):
+        done = settle(settings, *args)
+        assert done.returncode == 0, done.stderr
+        assert "``" not in done.stdout and "%" not in done.stdout
+    assert "accounts" in settle(settings, "--help").stdout
+
+
+async def test_settle_run_is_quiet_and_ctrl_c_prints_no_traceback(
+    settings: Settings, tmp_path: Path
+) -> None:
+    async with settle_run(settings, tmp_path) as (proc, _):
+        proc.send_signal(signal.SIGINT)  # Ctrl+C
+        assert await asyncio.to_thread(proc.wait, 30) == 0
+    log = (tmp_path / "run.log").read_text()
+    assert "Traceback" not in log
+    # Migrations ran and the worker started, silently: their libraries speak from WARNING.
+    assert " INFO alembic" not in log and " INFO arq" not in log, log

@@ -82,7 +82,7 @@ async def test_plain_form_post_redirects_to_the_account_page_showing_the_pending
         assert r.status_code == 303
         assert r.headers["location"].startswith(f"/accounts/{alice.account}?sent=tr_")
         page = (await client.get(r.headers["location"])).text
-        assert "Transfer accepted: pending" in page and "lunch" in page
+        assert "pending until it settles" in page and "lunch" in page
         assert 'data-status="pending"' in page and "$87.66" in page
 
         # The same form again (back button, double submit): one transfer, and it says so.
@@ -133,7 +133,7 @@ async def test_form_errors_render_inline_and_keep_what_was_typed(stack: Stack) -
         assert r.status_code == 422 and 'id="amount-error"' in r.text
         other = await stack.customer("0")
         r = await client.post(url, data={"to": other.username, "amount": "9"}, headers=headers)
-        assert r.status_code == 422 and "available balance is lower" in r.text
+        assert r.status_code == 422 and "You have $5.00 available" in r.text
     assert await sent_by(stack, alice) == 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -39,6 +40,7 @@ ARGS = [
     "--disable-sync",
 ]
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+DOC_SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 # Long enough to see (and assert) the pending state; short enough to keep tests quick.
 SETTLE_DELAY_MS = 1500
 
@@ -56,12 +58,23 @@ class Live:
     stack: Stack
     browser: Browser
 
-    async def context(self, js: bool = True, phone: bool = False) -> BrowserContext:
+    async def context(
+        self,
+        js: bool = True,
+        phone: bool = False,
+        bypass_csp: bool = False,
+        timezone: str | None = None,
+    ) -> BrowserContext:
         viewport: ViewportSize = (
             {"width": 390, "height": 844} if phone else {"width": 1100, "height": 900}
         )
         return await self.browser.new_context(
-            java_script_enabled=js, viewport=viewport, is_mobile=phone, has_touch=phone
+            java_script_enabled=js,
+            viewport=viewport,
+            is_mobile=phone,
+            has_touch=phone,
+            bypass_csp=bypass_csp,
+            timezone_id=timezone,
         )
 
     async def login(self, page: Page, who: Customer) -> None:
@@ -95,6 +108,15 @@ class Live:
 async def screenshot(page: Page, name: str) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+async def docshot(page: Page, name: str) -> None:
+    """A screenshot of a state the docs show: always into tests/artifacts/, and into
+    docs/screenshots/ when SETTLE_SCREENSHOTS=1 (``make screenshots``)."""
+    await screenshot(page, name)
+    if os.environ.get("SETTLE_SCREENSHOTS") == "1":
+        DOC_SHOTS.mkdir(parents=True, exist_ok=True)
+        await page.screenshot(path=str(DOC_SHOTS / f"{name}.png"), full_page=True)
 
 
 @contextlib.asynccontextmanager
