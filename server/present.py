@@ -12,8 +12,10 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from server import statements
+
 SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£"}
-BANK_DEPOSIT = "Bank deposit"
+BANK_DEPOSIT = statements.BANK_DEPOSIT
 # Why a transfer failed, from each side: (the sender reads, the recipient reads).
 REASONS: dict[str, tuple[str, str]] = {
     "account_frozen": ("the recipient's account is frozen", "your account is frozen"),

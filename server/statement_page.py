@@ -8,23 +8,14 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-import sqlalchemy as sa
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from server import errors, fragments, present, reads, sessions, statements, views
+from server import errors, fragments, reads, sessions, statements, views
 from server.money import format_amount
-from server.schema import transfers
 from server.services import services
 
-# The deposits into an account in a range: shown as "Bank deposit", as everywhere else.
-_DEPOSITS = sa.select(transfers.c.id).where(
-    transfers.c.to_account == sa.bindparam("acct"),
-    transfers.c.kind == "deposit",
-    transfers.c.created_at >= sa.bindparam("start"),
-    transfers.c.created_at < sa.bindparam("end"),
-)
 _MONTH = re.compile(r"(?P<year>[0-9]{4})-(?P<month>0[1-9]|1[0-2])")
 
 
@@ -67,11 +58,6 @@ async def statement_page(request: Request) -> Response:
     entries: list[dict[str, Any]] = []
     async for chunk in sheet.rows():
         entries.extend(chunk)
-    values = {"acct": sheet.account["id"], "start": sheet.start, "end": sheet.end}
-    deposits = {r["id"] for r in await services(request).store.fetch_all(_DEPOSITS, values)}
-    for entry in entries:
-        if entry["transfer_id"] in deposits:
-            entry["counterparty"] = present.BANK_DEPOSIT
     account = views.account_of(sheet.account, session.username)
     label = datetime(year, month, 1, tzinfo=UTC).strftime("%B %Y")
     this = datetime.now(UTC)

@@ -66,6 +66,7 @@ _ENTRIES = (
         transfers.c.memo,
         transfers.c.from_name,
         transfers.c.to_name,
+        transfers.c.kind,
     )
     .join(transfers, transfers.c.id == ledger_entries.c.transfer_id)
     .where(
@@ -75,6 +76,17 @@ _ENTRIES = (
     )
     .order_by(ledger_entries.c.created_at, ledger_entries.c.seq)
 )
+
+
+# Who an account's holder reads as the other party of a deposit into it.
+BANK_DEPOSIT = "Bank deposit"
+
+
+def counterparty(entry: Row) -> str:
+    """The other party's name: a username, or "Bank deposit" for funding."""
+    if entry["amount"] < 0:
+        return str(entry["to_name"])
+    return BANK_DEPOSIT if entry["kind"] == "deposit" else str(entry["from_name"])
 
 
 def instant(value: str, field: str) -> int:
@@ -148,7 +160,7 @@ class Statement:
                     {
                         "at": iso(r["created_at"]),
                         "transfer_id": r["transfer_id"],
-                        "counterparty": r["to_name"] if r["amount"] < 0 else r["from_name"],
+                        "counterparty": counterparty(r),
                         "memo": r["memo"],
                         "amount": format_amount(r["amount"]),
                         "balance_after": format_amount(r["balance_after"]),

@@ -76,7 +76,7 @@ async def test_a_statement_lists_entries_with_running_balances_and_adds_up(stack
     ]
     assert sheet["opening_balance"] == "0.00" and sheet["closing_balance"] == "88.75"
     assert [e["counterparty"] for e in sheet["entries"]] == [
-        "Funding USD",
+        "Bank deposit",
         bob.username,
         bob.username,
         bob.username,
