@@ -37,6 +37,11 @@ def channel(settings: Settings, account_id: str) -> str:
     return f"{settings.redis_prefix}:events:{account_id}"
 
 
+def wake_channel(settings: Settings) -> str:
+    """Published to with each enqueue: idle workers wait on it instead of polling."""
+    return f"{settings.redis_prefix}:wake"
+
+
 def ended_channel(settings: Settings) -> str:
     """Where ended credentials are announced to every web process (``Hub``)."""
     return f"{settings.redis_prefix}:ended"
@@ -67,6 +72,7 @@ class Dispatcher:
         self.redis = redis
         self.settings = settings
         self._enqueue = redis.register_script(_ENQUEUE)
+        self._wake = wake_channel(settings)
         self._waiting: list[tuple[Sequence[Event], list[str], asyncio.Future[None]]] = []
         self._sender: asyncio.Task[None] | None = None
 
@@ -126,6 +132,9 @@ class Dispatcher:
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
                 await self._queue_jobs(pipe, transfer_ids)
+                if transfer_ids:
+                    # After the job is queued: a woken worker finds it (``jobs.worker``).
+                    pipe.publish(self._wake, b"")
                 for event in events:
                     pipe.publish(channel(self.settings, event.account_id), event.payload)
                 await pipe.execute()

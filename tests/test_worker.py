@@ -122,3 +122,39 @@ async def test_sweeper_settles_a_transfer_whose_job_was_never_enqueued(stack: St
             await asyncio.to_thread(worker.wait, 30)
     assert done["balance"]["posted"] == "2.50"
     assert await stack.status_of(alice, tid) == "completed"
+
+
+async def test_idle_workers_are_woken_by_the_enqueue_not_by_polling(stack: Stack) -> None:
+    """Two workers whose fallback poll is ten minutes and with no sweeper: only the wake
+    published with each enqueue (``Dispatcher``) can start the jobs in time."""
+    import dataclasses
+
+    from jobs.worker import WakingWorker, create_worker, stop_worker
+    from server.redisbox import redis_settings
+
+    assert stack.settings.redis_url is not None
+    slow = dataclasses.replace(stack.settings, worker_poll_ms=600_000)
+    workers: list[WakingWorker] = []
+    mains = []
+    for _ in range(2):
+        worker = create_worker(
+            slow, redis_settings(slow, stack.settings.redis_url), handle_signals=False
+        )
+        assert isinstance(worker, WakingWorker)
+        worker.cron_jobs = []  # no sweeper, which would re-enqueue and wake
+        workers.append(worker)
+        mains.append(asyncio.create_task(worker.main()))
+    try:
+        for worker in workers:
+            await asyncio.wait_for(worker.listening.wait(), 30)
+        alice, bob = await stack.customer("10.00"), await stack.customer("0")
+        async with account_events(stack.settings, bob.account) as events:
+            for n in range(1, 4):
+                tid = (await stack.transfer(alice, bob.account, "1.00")).json()["id"]
+                # Far within the ten-minute fallback: a bound, not a speed assertion.
+                done = await next_event(events, "transfer.completed", tid, within=60)
+                assert done["balance"]["posted"] == f"{n}.00"
+    finally:
+        for worker, main in zip(workers, mains, strict=True):
+            await stop_worker(worker, main, 5)
+    assert sum(w.jobs_complete for w in workers) >= 1
