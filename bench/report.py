@@ -25,7 +25,7 @@ class Figure:
     name: str
     target: str
     value: float
-    unit: str  # "/s", "ms" or "B"
+    unit: str  # "/s", "ms", "B" or "%" (of a core)
     ok: bool | None  # None: no target of its own
     ratio: float | None = None  # to the ceiling
     note: str = ""
@@ -40,6 +40,8 @@ def _fmt(value: float, unit: str) -> str:
         return f"{value:,.0f}/s"
     if unit == "B":
         return f"{value / 1000:,.1f} KB"
+    if unit == "%":
+        return f"{value:.2f}% of a core"
     return f"{value:,.1f} ms" if value < 100 else f"{value:,.0f} ms"
 
 
@@ -53,6 +55,8 @@ def _target_text(target: Target, unit: str) -> str:
     op, limit = target
     if unit == "B":
         return f"{op} {limit / 1000:g} KB"
+    if unit == "%":
+        return f"{op} {limit:g}% of a core"
     return f"{op} {limit:,g}/s" if unit == "/s" else f"{op} {limit:g} ms"
 
 
@@ -130,6 +134,8 @@ def figures(results: dict[str, Any]) -> list[dict[str, Any]]:
     ]
     if "large" in results:
         out += _large(results["large"], settle, ceiling["closed"]["rate"], c200)
+    if "worker_idle" in results:
+        out += _worker_idle(results["worker_idle"])
     return [{**dataclasses.asdict(f), "reference": f.reference} for f in out]
 
 
@@ -179,6 +185,30 @@ def _large(
     if "statement" in large:
         out += _statement(large["statement"], entries)
     return out
+
+
+def _worker_idle(idle: dict[str, Any]) -> list[Figure]:
+    """The idle worker (``bench/worker_idle.py``): its CPU, and pickup of a new job."""
+    cpu, pickup = idle["idle_cpu_pct"], idle["pickup_ms"]
+    return [
+        Figure(
+            "worker_idle_cpu",
+            f"Idle worker CPU, over {idle['seconds']:g} s",
+            _target_text(("<", 2), "%"),
+            cpu,
+            "%",
+            _met(("<", 2), cpu),
+        ),
+        Figure(
+            "worker_pickup_p99",
+            f"Pickup of a new job by an idle worker (enqueue → start), p99 of {pickup['n']}",
+            _target_text(("<", 5), "ms"),
+            pickup["p99"],
+            "ms",
+            _met(("<", 5), pickup["p99"]),
+            note=f"p50 {pickup['p50']:.2f} ms",
+        ),
+    ]
 
 
 def _statement(st: dict[str, Any], entries: str) -> list[Figure]:
