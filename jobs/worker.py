@@ -139,8 +139,11 @@ class WakingWorker(Worker):
                 # Cleared before looking: a wake that comes while we look is not lost.
                 self._woken.clear()
                 await self._poll_iteration()
+                # asyncio.timeout, not wait_for: in 3.11 wait_for can swallow a
+                # cancellation (stop_worker's) that lands as the wake does.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._woken.wait(), await self._until_due())
+                    async with asyncio.timeout(await self._until_due()):
+                        await self._woken.wait()
         finally:
             listener.cancel()
             await asyncio.gather(listener, return_exceptions=True)

@@ -122,7 +122,7 @@ async def _refusal(websocket: WebSocket) -> Close | tuple[auth.User, str, int | 
 
 async def _send_loop(websocket: WebSocket, sub: Subscription, ping_s: float) -> Close | None:
     try:
-        for item in await sub.catch_up():
+        for item in await sub.start():
             await websocket.send_text(sub.encode(item))
         while True:
             try:
