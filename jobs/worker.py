@@ -36,6 +36,10 @@ async def startup(ctx: dict[str, Any]) -> None:
         await store.connect()
         ctx["store"], ctx["own_store"] = store, True
     ctx["dispatch"] = Dispatcher(ctx["redis"], settings)
+    # PostgreSQL: this worker's settlements take turns, each waiting for the database's
+    # settlement lock, instead of all trying it and retrying (``transfers.settle``).
+    # SQLite: none; concurrent settlements share the store's group commits.
+    ctx["turn"] = None if ctx["store"].is_sqlite else asyncio.Lock()
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
@@ -52,7 +56,9 @@ async def settle_transfer(ctx: dict[str, Any], transfer_id: str) -> int:
     """
     settings: Settings = ctx["settings"]
     try:
-        events = await transfers.settle(ctx["store"], ctx["dispatch"], settings, transfer_id)
+        events = await transfers.settle(
+            ctx["store"], ctx["dispatch"], settings, transfer_id, turn=ctx.get("turn")
+        )
     except settlement.Busy:
         # Another settlement transaction was running (PostgreSQL): try again shortly;
         # that one has likely settled this transfer in its batch by then.

@@ -158,3 +158,29 @@ async def test_idle_workers_are_woken_by_the_enqueue_not_by_polling(stack: Stack
         for worker, main in zip(workers, mains, strict=True):
             await stop_worker(worker, main, 5)
     assert sum(w.jobs_complete for w in workers) >= 1
+
+
+async def test_settlements_taking_turns_wait_for_the_lock_instead_of_finding_it_busy(
+    stack: Stack,
+) -> None:
+    """PostgreSQL: two workers' settlements (a turn each) queue on the database's
+    settlement lock; none raises Busy, and every transfer settles once, in order."""
+    from server import transfers
+
+    alice, bob = await stack.customer("10.00"), await stack.customer("0")
+    ids = [(await stack.transfer(alice, bob.account, "1.00")).json()["id"] for _ in range(6)]
+    dispatch = Dispatcher(await _redis(stack), stack.settings)
+    turns = [asyncio.Lock(), asyncio.Lock()]
+    try:
+        runs = await asyncio.gather(
+            *(
+                transfers.settle(stack.store, dispatch, stack.settings, tid, 2, turn=turns[i % 2])
+                for i, tid in enumerate(ids)
+            )
+        )
+    finally:
+        await dispatch.redis.aclose()
+    settled = [e.transfer_id for run in runs for e in run if e.account_id == alice.account]
+    assert sorted(settled) == sorted(ids) and len(settled) == 6
+    assert (await stack.account(bob))["balance"]["posted"] == "6.00"
+    await stack.settle_all()
