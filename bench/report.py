@@ -25,7 +25,7 @@ class Figure:
     name: str
     target: str
     value: float
-    unit: str  # "/s", "ms", "B" or "%"
+    unit: str  # "/s", "ms", "B", "%" or "% core" (of one CPU core)
     ok: bool | None  # None: no target of its own
     ratio: float | None = None  # to the ceiling
     note: str = ""
@@ -42,6 +42,8 @@ def _fmt(value: float, unit: str) -> str:
         return f"{value / 1000:,.1f} KB"
     if unit == "%":
         return f"{value:.1f}%"
+    if unit == "% core":
+        return f"{value:.2f}% of a core"
     if value < 1:
         return f"{value:.2f} ms"
     return f"{value:,.1f} ms" if value < 100 else f"{value:,.0f} ms"
@@ -59,6 +61,8 @@ def _target_text(target: Target, unit: str) -> str:
         return f"{op} {limit / 1000:g} KB"
     if unit == "%":
         return f"{op} {limit:g}%"
+    if unit == "% core":
+        return f"{op} {limit:g}% of a core"
     return f"{op} {limit:,g}/s" if unit == "/s" else f"{op} {limit:g} ms"
 
 
@@ -160,6 +164,8 @@ def figures(results: dict[str, Any]) -> list[dict[str, Any]]:
     ]
     if "large" in results:
         out += _large(results["large"], settle, ceiling["closed"]["rate"], c200)
+    if "worker_idle" in results:
+        out += _worker_idle(results["worker_idle"])
     return [{**dataclasses.asdict(f), "reference": f.reference} for f in out]
 
 
@@ -229,6 +235,30 @@ def _reading_lag(*lags: dict[str, float]) -> Figure:
         over <= 0.001 * samples,
         note=f"at most this bucket's bound; {over:.0f} of {samples:.0f} samples over 5 ms",
     )
+
+
+def _worker_idle(idle: dict[str, Any]) -> list[Figure]:
+    """The idle worker (``bench/worker_idle.py``): its CPU, and pickup of a new job."""
+    cpu, pickup = idle["idle_cpu_pct"], idle["pickup_ms"]
+    return [
+        Figure(
+            "worker_idle_cpu",
+            f"Idle worker CPU, over {idle['seconds']:g} s",
+            _target_text(("<", 2), "% core"),
+            cpu,
+            "% core",
+            _met(("<", 2), cpu),
+        ),
+        Figure(
+            "worker_pickup_p99",
+            f"Pickup of a new job by an idle worker (enqueue → start), p99 of {pickup['n']}",
+            _target_text(("<", 5), "ms"),
+            pickup["p99"],
+            "ms",
+            _met(("<", 5), pickup["p99"]),
+            note=f"p50 {pickup['p50']:.2f} ms",
+        ),
+    ]
 
 
 def _statement(st: dict[str, Any], entries: str) -> list[Figure]:

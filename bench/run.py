@@ -40,7 +40,7 @@ import orjson
 import sqlalchemy as sa
 import uvloop
 
-from bench import loadgen, report, seed
+from bench import loadgen, report, seed, worker_idle
 from bench.live import SENDERS, drive, fan_out
 from bench.seed import User
 from bench.settlement import settle_queued
@@ -518,6 +518,10 @@ async def main() -> None:
         results["settle"] = await main_stack(var, redis_url, plan, args.profile)
         if not args.skip_cost:
             results["large"] = await cost_stack(var, redis_url, plan)
+        log("idle worker: CPU with nothing to do, then pickup of jobs enqueued one by one")
+        results["worker_idle"] = await worker_idle.measure(
+            var, redis_url, 5 if args.quick else 10, 100 if args.quick else 200
+        )
     results["wall_s"] = time.perf_counter() - started
     results["machine"]["loadavg_end"] = os.getloadavg()[0]
     samples = {

@@ -261,13 +261,14 @@ async def main() -> None:
     )
     parser.add_argument("--pg", default=default_pg, help="a PostgreSQL server URL")
     parser.add_argument("--no-pg", action="store_true", help="SQLite only")
+    parser.add_argument("--no-sqlite", action="store_true", help="PostgreSQL only")
     args = parser.parse_args()
     with (
         tempfile.TemporaryDirectory(prefix="settle-bench-") as name,
         redis_server(Path(name)) as redis_url,
     ):
         tmp = Path(name)
-        rows = await sqlite_rows(tmp, redis_url, args)
+        rows = [] if args.no_sqlite else await sqlite_rows(tmp, redis_url, args)
         if args.no_pg:
             pass
         elif await reachable(args.pg):

@@ -13,11 +13,12 @@ import logging
 from typing import Any
 
 from arq import Retry, Worker, cron
-from arq.connections import RedisSettings
+from arq.connections import RedisSettings, create_pool, log_redis_info
+from arq.utils import timestamp_ms
 from redis.exceptions import RedisError
 
 from server import reads, settlement, transfers
-from server.dispatch import SETTLE_JOB, Dispatcher
+from server.dispatch import SETTLE_JOB, Dispatcher, wake_channel
 from server.redisbox import redis_settings
 from server.schema import now_us
 from server.settings import Settings
@@ -35,6 +36,10 @@ async def startup(ctx: dict[str, Any]) -> None:
         await store.connect()
         ctx["store"], ctx["own_store"] = store, True
     ctx["dispatch"] = Dispatcher(ctx["redis"], settings)
+    # PostgreSQL: this worker's settlements take turns, each waiting for the database's
+    # settlement lock, instead of all trying it and retrying (``transfers.settle``).
+    # SQLite: none; concurrent settlements share the store's group commits.
+    ctx["turn"] = None if ctx["store"].is_sqlite else asyncio.Lock()
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
@@ -51,7 +56,9 @@ async def settle_transfer(ctx: dict[str, Any], transfer_id: str) -> int:
     """
     settings: Settings = ctx["settings"]
     try:
-        events = await transfers.settle(ctx["store"], ctx["dispatch"], settings, transfer_id)
+        events = await transfers.settle(
+            ctx["store"], ctx["dispatch"], settings, transfer_id, turn=ctx.get("turn")
+        )
     except settlement.Busy:
         # Another settlement transaction was running (PostgreSQL): try again shortly;
         # that one has likely settled this transfer in its batch by then.
@@ -95,6 +102,101 @@ async def sweep(ctx: dict[str, Any]) -> int:
     return len(stuck)
 
 
+class WakingWorker(Worker):
+    """arq's worker, woken when there is work instead of polling every few milliseconds.
+
+    arq polls its queue every ``poll_delay``: 2 ms kept pickup fast but cost ~11% of a
+    core doing nothing. Here the loop looks at the queue, then waits for whichever comes
+    first: a wake published with each enqueue (``Dispatcher``), one of its own jobs
+    ending (a retry is re-queued for later, a slot frees up), the next deferred job's due
+    time (retries, the sweeper's cron runs), or ``idle_poll_s``. Wakes are at-most-once
+    like all pub/sub: the last two heal a lost one, and the sweeper a lost job. Job
+    semantics are arq's own (``_poll_iteration``: claim, run, retry, cron, health).
+    """
+
+    def __init__(self, *args: Any, wake_channel: str, idle_poll_s: float, **kwargs: Any) -> None:
+        # arq's cron looks max(poll_delay, 0.5) * 2 ahead and queues its runs deferred
+        # to their time, which the wait below wakes for.
+        super().__init__(*args, poll_delay=idle_poll_s, **kwargs)
+        self.wake_channel = wake_channel
+        self.idle_poll_s = idle_poll_s
+        self._woken = asyncio.Event()
+        self.listening = asyncio.Event()
+
+    async def main(self) -> None:
+        if self.burst:  # tests: arq's own loop, which returns when the queue is empty
+            await super().main()
+            return
+        if self._pool is None:
+            self._pool = await create_pool(
+                self.redis_settings,
+                job_deserializer=self.job_deserializer,
+                job_serializer=self.job_serializer,
+                default_queue_name=self.queue_name,
+                expires_extra_ms=self.expires_extra_ms,
+            )
+        await log_redis_info(self.pool, log.info)
+        self.ctx["redis"] = self.pool
+        if self.on_startup:
+            await self.on_startup(self.ctx)
+        listener = asyncio.create_task(self._listen(), name="settle-worker-wake")
+        try:
+            while True:
+                # Cleared before looking: a wake that comes while we look is not lost.
+                self._woken.clear()
+                await self._poll_iteration()
+                # asyncio.timeout, not wait_for: in 3.11 wait_for can swallow a
+                # cancellation (stop_worker's) that lands as the wake does.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(await self._until_due()):
+                        await self._woken.wait()
+        finally:
+            listener.cancel()
+            await asyncio.gather(listener, return_exceptions=True)
+
+    async def _until_due(self) -> float:
+        """Seconds until the first job queued for later is due, at most ``idle_poll_s``.
+
+        Jobs already due but not started here are running (here or in another worker) or
+        wait for a free slot (a job of ours ending wakes us)."""
+        now = timestamp_ms()
+        first = await self.pool.zrangebyscore(
+            self.queue_name, min=f"({now}", max="+inf", start=0, num=1, withscores=True
+        )
+        if not first:
+            return self.idle_poll_s
+        return min(max((float(first[0][1]) - now) / 1000, 0.0), self.idle_poll_s)
+
+    def _release_sem_dec_counter_on_complete(self) -> None:
+        # Called as each job's task ends: it may have re-queued itself (Retry) or freed
+        # the slot a due job waits for.
+        super()._release_sem_dec_counter_on_complete()
+        self._woken.set()
+
+    async def _listen(self) -> None:
+        """Set ``_woken`` on each wake, reconnecting (with backoff) if the subscription
+        breaks. The confirmation of a (re)subscription wakes too: what was published
+        before it may be lost."""
+        delay = 0.05
+        while True:
+            pubsub = self.pool.pubsub()
+            try:
+                await pubsub.subscribe(self.wake_channel)
+                async for _ in pubsub.listen():
+                    self.listening.set()
+                    self._woken.set()
+                    delay = 0.05
+            except (RedisError, OSError) as exc:
+                if self.listening.is_set():
+                    log.warning("wake subscription lost, polling until it is back: %r", exc)
+            finally:
+                self.listening.clear()
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
 def create_worker(
     settings: Settings,
     redis_settings: RedisSettings,
@@ -113,7 +215,7 @@ def create_worker(
         unique=True,
         timeout=60,
     )
-    return Worker(
+    return WakingWorker(
         functions=[settle_transfer],
         # A burst worker stops when the queue is empty, which a scheduled cron job never is.
         cron_jobs=[] if burst else [sweeper],
@@ -124,8 +226,9 @@ def create_worker(
         ctx={"settings": settings} if store is None else {"settings": settings, "store": store},
         burst=burst,
         handle_signals=handle_signals,
-        # A queued job starts within ~2 ms, not arq's default 0.5 s.
-        poll_delay=0.002 if not burst else 0,
+        # Woken by each enqueue (a queued job starts within ~1 ms); burst: arq's loop.
+        wake_channel=wake_channel(settings),
+        idle_poll_s=settings.worker_poll_ms / 1000 if not burst else 0,
         job_timeout=settings.job_timeout_s,
         # No stored results: a job id is free again as soon as its job ends, so the
         # sweeper is never blocked by a stale arq:result key.

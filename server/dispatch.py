@@ -38,6 +38,11 @@ def channel(settings: Settings, account_id: str) -> str:
     return f"{settings.redis_prefix}:events:{account_id}"
 
 
+def wake_channel(settings: Settings) -> str:
+    """Published to with each enqueue: idle workers wait on it instead of polling."""
+    return f"{settings.redis_prefix}:wake"
+
+
 def ended_channel(settings: Settings) -> str:
     """Where ended credentials are announced to every web process (``Hub``)."""
     return f"{settings.redis_prefix}:ended"
@@ -68,6 +73,7 @@ class Dispatcher:
         self.redis = redis
         self.settings = settings
         self._enqueue = redis.register_script(_ENQUEUE)
+        self._wake = wake_channel(settings)
         self._waiting: list[tuple[Sequence[Event], list[str], asyncio.Future[None]]] = []
         self._sender: asyncio.Task[None] | None = None
 
@@ -148,7 +154,7 @@ class Dispatcher:
                 exc,
             )
 
-    def _queue_jobs(self, pipe: Pipeline, transfer_ids: Iterable[str]) -> None:
+    def _queue_jobs(self, pipe: Pipeline, transfer_ids: Sequence[str]) -> None:
         now = timestamp_ms()
         score = now + self.settings.settle_delay_ms
         expires = score - now + self.redis.expires_extra_ms
@@ -162,3 +168,6 @@ class Dispatcher:
             # a round trip of its own on every execute.
             args: list[Any] = [*keys, expires, payload, score, job]
             pipe.evalsha(self._enqueue.sha, len(keys), *args)
+        if transfer_ids:
+            # After the jobs are queued: a woken worker finds them (``jobs.worker``).
+            pipe.publish(self._wake, b"")

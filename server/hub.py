@@ -1,9 +1,11 @@
 """The in-process fan-out of committed account events to WebSocket subscribers.
 
-Each web process holds ONE Redis pub/sub connection (``PSUBSCRIBE {prefix}:events:*``)
-and hands every event to the subscriptions of its account without awaiting them: each
-subscription has a bounded queue, and one that overflows is marked for closing (1013)
-instead of slowing the publisher or its neighbours.
+Each web process holds ONE Redis pub/sub connection, SUBSCRIBEd to the channel of each
+account it has sockets for (``{prefix}:events:<account>``; UNSUBSCRIBEd when the last
+goes), so Redis sends a process only the events it has subscribers for. Each event is
+handed to the subscriptions of its account without awaiting them: each subscription has
+a bounded queue, and one that overflows is marked for closing (1013) instead of slowing
+the publisher or its neighbours.
 
 Pub/sub is at-most-once, and the database log (``account_events``) is the truth, so
 each subscription delivers in ``seq`` order, exactly once, by catching up from the log
@@ -16,18 +18,20 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import random
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 from prometheus_client import Histogram
 from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from server import events, metrics, reads
-from server.dispatch import ended_channel
+from server.dispatch import channel, ended_channel
 from server.settings import Settings
 from server.store import Store
 
@@ -50,6 +54,11 @@ STOP = Outgoing(seq=-2, text="", is_event=False)
 # Rendered HTML ``content`` kept for this many recent events: live fan-out and the
 # replays of sockets resuming at once all reuse one rendering.
 CONTENT_CACHE = 2048
+# A new account's SUBSCRIBE confirmed, or a socket's first replay goes ahead anyway (a
+# lost connection's resync, a gap or the heartbeat then fill what it misses).
+SUBSCRIBE_WAIT_S = 5.0
+# Channels per SUBSCRIBE / UNSUBSCRIBE command.
+CHANNELS_PER_COMMAND = 1000
 
 # The htmx pages' fragments for one message (``server.fragments.content_renderer``).
 RenderContent = Callable[[dict[str, Any]], str]
@@ -57,15 +66,64 @@ RenderContent = Callable[[dict[str, Any]], str]
 CredentialLive = Callable[[str], Awaitable[bool]]
 
 
-class Subscription:
-    """One socket's view of one account: a bounded inbox plus the last seq it was sent.
+class Inbox:
+    """A socket's bounded queue of outgoing items, with one reader (its send loop).
 
-    Ten thousand of these may sit idle in a process, so the inbox is a plain list and
-    one future to wake its reader, not an ``asyncio.Queue`` (three deques each)."""
+    An idle socket's holds two empty slots: the deque exists only while items wait, and
+    the future only while the reader does (an ``asyncio.Queue``, with its three deques
+    and an Event, costs about 3 KB per socket)."""
+
+    __slots__ = ("_items", "_waiter", "maxsize")
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self._items: deque[Outgoing] | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    def qsize(self) -> int:
+        return len(self._items) if self._items is not None else 0
+
+    def put_nowait(self, item: Outgoing, bounded: bool = True) -> None:
+        """Queue ``item``; QueueFull at ``maxsize`` unless not ``bounded`` (STOP)."""
+        items = self._items
+        if items is None:
+            items = self._items = deque()
+        elif bounded and len(items) >= self.maxsize:
+            raise asyncio.QueueFull
+        items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _wait(self) -> deque[Outgoing]:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items
+
+    async def get(self) -> Outgoing:
+        """The next item, waiting for one. Cancelled while waiting, it loses nothing:
+        items stay queued until taken."""
+        items = await self._wait()
+        item = items.popleft()
+        if not items:
+            self._items = None
+        return item
+
+    async def get_all(self) -> list[Outgoing]:
+        """Every queued item, waiting for at least one."""
+        items = list(await self._wait())
+        self._items = None
+        return items
+
+
+class Subscription:
+    """One socket's view of one account: a bounded inbox plus the last seq it was sent."""
 
     __slots__ = (
-        "_inbox",
-        "_waiter",
         "account_id",
         "close_code",
         "credential",
@@ -73,7 +131,8 @@ class Subscription:
         "hub",
         "last_seq",
         "owner",
-        "size",
+        "queue",
+        "subscribed",
     )
 
     def __init__(
@@ -94,45 +153,40 @@ class Subscription:
         self.credential = credential
         # htmx pages: every message also carries its HTML ``content``.
         self.fragments = fragments
-        # Bounded by ``offer`` rather than by the queue, so that STOP always fits.
-        self.size = size
+        self.queue = Inbox(size)
+        # Set once Redis confirmed the subscription to the account's channel (shared by
+        # the account's subscriptions in this process).
+        self.subscribed = hub.account_subscribed(account_id)
         # Why the socket must close, once it must: 1013 when the inbox overflows, 4401
         # when the credential ends. The socket's sender learns it from STOP.
         self.close_code = 0
-        self._inbox: list[Outgoing] = []
-        self._waiter: asyncio.Future[None] | None = None
 
     def stop(self, code: int) -> None:
         if not self.close_code:
             self.close_code = code
-            self._put(STOP)
+            self.queue.put_nowait(STOP, bounded=False)
 
     def offer(self, item: Outgoing) -> None:
         """Queue without waiting (called from the fan-out loop, never blocks)."""
         if self.close_code:
             return
-        if len(self._inbox) >= self.size:
+        try:
+            self.queue.put_nowait(item)
+        except asyncio.QueueFull:
             self.stop(1013)
             self.hub.unsubscribe(self)
-            return
-        self._put(item)
 
-    def _put(self, item: Outgoing) -> None:
-        self._inbox.append(item)
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+    async def start(self) -> list[Outgoing]:
+        """The first messages: the log after ``since``, read once the account's channel
+        is subscribed, so that every later event is in that read or arrives live."""
+        await self.hub.wait_subscribed(self)
+        return await self.catch_up()
 
     async def next(self) -> list[Outgoing]:
-        """Wait for what arrives next; return what to send now, in seq order."""
-        while not self._inbox:
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        items, self._inbox = self._inbox, []
+        """Wait for what arrives next; return what to send now, in seq order (all that
+        queued meanwhile, in one go)."""
         out: list[Outgoing] = []
-        for item in items:
+        for item in await self.queue.get_all():
             out += await self.deliver(item)
             if out and out[-1] is STOP:
                 break
@@ -173,7 +227,8 @@ class Subscription:
 
 
 class Hub:
-    """The process's one Redis subscription and the sockets' subscriptions, by account."""
+    """The process's one Redis pub/sub connection and the sockets' subscriptions, by
+    account: a channel is subscribed while the account has a subscription here."""
 
     def __init__(
         self,
@@ -198,9 +253,25 @@ class Hub:
         self.queue_size = settings.ws_queue_size
         self._subs: dict[str, set[Subscription]] = {}
         self._task: asyncio.Task[None] | None = None
+        # Set once the current connection's subscriptions are confirmed.
         self.connected = asyncio.Event()
-        self._pattern = f"{settings.redis_prefix}:events:*"
-        self._prefix_len = len(self._pattern) - 1
+        self._prefix_len = len(channel(settings, ""))
+        # The pub/sub connection (None between connections), the accounts whose
+        # channels were SUBSCRIBEd on it, and their confirmations still to come.
+        self._pubsub: PubSub | None = None
+        self._sent: set[str] = set()
+        self._unconfirmed: dict[str, int] = {}
+        # Per account with subscriptions here: set when its channel is confirmed.
+        self._confirmed: dict[str, asyncio.Event] = {}
+        # Accounts whose subscriptions may have missed events (subscribed while the
+        # connection was down): resynced from the log once their channel is confirmed.
+        self._resync: set[str] = set()
+        # Accounts whose subscription to Redis may have to change, and who changes it.
+        self._dirty: set[str] = set()
+        self._flusher: asyncio.Task[None] | None = None
+        self._flushing = asyncio.Lock()
+        self._pongs: dict[bytes, asyncio.Future[None]] = {}
+        self.client_name = f"{settings.redis_prefix}:hub:{os.getpid()}"
 
     async def start(self, wait_s: float = 5.0) -> None:
         """Start listening; wait (a bounded time) for the first subscription, so events
@@ -210,7 +281,7 @@ class Hub:
             await asyncio.wait_for(self.connected.wait(), wait_s)
 
     async def stop(self) -> None:
-        for task in [self._task, *self._rechecks]:
+        for task in [self._task, self._flusher, *self._rechecks]:
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -226,8 +297,15 @@ class Hub:
         credential: str = "",
     ) -> Subscription:
         """Register before replaying, so no live event falls between replay and live."""
+        first = account_id not in self._subs
+        if first:
+            self._subs[account_id] = set()
+            self._confirmed[account_id] = asyncio.Event()
+            if not self.connected.is_set():
+                self._resync.add(account_id)
+            self._changed(account_id)
         sub = Subscription(self, account_id, owner, since, self.queue_size, fragments, credential)
-        self._subs.setdefault(account_id, set()).add(sub)
+        self._subs[account_id].add(sub)
         if credential:
             self._by_credential.setdefault(credential, set()).add(sub)
         return sub
@@ -239,6 +317,104 @@ class Hub:
                 subs.discard(sub)
                 if not subs:
                     del index[key]
+        if sub.account_id not in self._subs and sub.account_id in self._confirmed:
+            del self._confirmed[sub.account_id]
+            self._resync.discard(sub.account_id)
+            self._changed(sub.account_id)
+
+    def account_subscribed(self, account_id: str) -> asyncio.Event:
+        return self._confirmed[account_id]
+
+    async def wait_subscribed(self, sub: Subscription) -> None:
+        """Until Redis confirmed the channel of ``sub``'s account. Not while the
+        connection is down: the account is then resynced once it is back."""
+        if sub.subscribed.is_set() or not self.connected.is_set():
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(SUBSCRIBE_WAIT_S):
+                await sub.subscribed.wait()
+
+    @property
+    def channels(self) -> set[str]:
+        """The accounts whose channels are subscribed (or being subscribed) on Redis."""
+        return set(self._sent)
+
+    async def sync(self) -> None:
+        """Until Redis has processed every (un)subscription asked for so far (a PING on
+        the pub/sub connection: its reply follows theirs). Raises ConnectionError when
+        the connection is down."""
+        if self._flusher is not None:
+            await asyncio.shield(self._flusher)
+        pubsub = self._pubsub
+        if pubsub is None:
+            raise ConnectionError("no pub/sub connection")
+        token = os.urandom(8).hex().encode()
+        pong = self._pongs[token] = asyncio.get_running_loop().create_future()
+        try:
+            await pubsub.ping(token)
+            await pong
+        finally:
+            self._pongs.pop(token, None)
+
+    def _changed(self, account_id: str) -> None:
+        self._dirty.add(account_id)
+        if self._pubsub is not None and (self._flusher is None or self._flusher.done()):
+            self._flusher = asyncio.create_task(self._flush(), name="settle-hub-subscribe")
+
+    async def _flush(self) -> None:
+        """Bring the connection's channels in line with the accounts that have
+        subscriptions here: what changes meanwhile goes in the next commands."""
+        async with self._flushing:
+            while self._dirty and (pubsub := self._pubsub) is not None:
+                dirty, self._dirty = self._dirty, set()
+                drop = [a for a in dirty if a not in self._subs and a in self._sent]
+                add = [a for a in dirty if a in self._subs and a not in self._sent]
+                self._sent.difference_update(drop)
+                self._sent.update(add)
+                for account in add:
+                    self._unconfirmed[account] = self._unconfirmed.get(account, 0) + 1
+                try:
+                    for i in range(0, len(drop), CHANNELS_PER_COMMAND):
+                        chunk = drop[i : i + CHANNELS_PER_COMMAND]
+                        await pubsub.unsubscribe(*(channel(self.settings, a) for a in chunk))
+                    for i in range(0, len(add), CHANNELS_PER_COMMAND):
+                        chunk = add[i : i + CHANNELS_PER_COMMAND]
+                        await pubsub.subscribe(*(channel(self.settings, a) for a in chunk))
+                except (RedisError, OSError) as exc:
+                    # The listener sees the connection fail too; the next one subscribes
+                    # to every account that has subscriptions then.
+                    log.warning("redis (un)subscribe failed, resubscribing on reconnect: %r", exc)
+                    if pubsub.connection is not None:  # make sure the listener reconnects
+                        with contextlib.suppress(Exception):
+                            await pubsub.connection.disconnect()
+                    return
+
+    def _confirm(self, account_id: str) -> None:
+        """Redis confirmed one SUBSCRIBE of ``account_id``'s channel."""
+        left = self._unconfirmed.get(account_id, 0) - 1
+        if left > 0:
+            self._unconfirmed[account_id] = left
+            return
+        self._unconfirmed.pop(account_id, None)
+        event = self._confirmed.get(account_id)
+        if event is None or event.is_set():
+            return
+        event.set()
+        if account_id in self._resync:
+            self._resync.discard(account_id)
+            for sub in list(self._subs.get(account_id, ())):
+                sub.offer(RESYNC)
+
+    def _disconnected(self) -> None:
+        """The connection is gone: every account's channel is to be subscribed again on
+        the next one, and its subscriptions resynced once it is."""
+        self.connected.clear()
+        self._pubsub = None
+        self._sent.clear()
+        self._unconfirmed.clear()
+        for event in self._confirmed.values():
+            event.clear()
+        self._resync.update(self._subs)
 
     def end_credential(self, credential: str) -> None:
         """Every stream opened with ``credential`` ends (its socket closes with 4401)."""
@@ -297,32 +473,39 @@ class Hub:
         for sub in list(subs):
             sub.offer(item)
 
-    def _resync_all(self) -> None:
-        for subs in list(self._subs.values()):
-            for sub in list(subs):
-                sub.offer(RESYNC)
-
     async def _run(self) -> None:
         delay = 0.05
         while True:
-            client = Redis.from_url(self.settings.redis_url or "")
+            # Named, so that CLIENT LIST tells the web processes' hubs apart.
+            client = Redis.from_url(self.settings.redis_url or "", client_name=self.client_name)
             pubsub = client.pubsub()
+            ended = self._ended_channel.encode()
             try:
-                await pubsub.psubscribe(self._pattern)
+                # Every account with subscriptions here, then the ended-credentials
+                # channel: its confirmation comes after all of theirs. Each account's
+                # subscriptions are resynced from the log once its channel is confirmed,
+                # so an event is either in what the resync reads or arrives live (or both).
+                self._dirty.update(self._subs)
+                self._pubsub = pubsub
+                await self._flush()
                 await pubsub.subscribe(self._ended_channel)
-                # The subscription is confirmed before the resync reads the log, so an
-                # event is either in what the resync reads or arrives live (or both).
                 async for msg in pubsub.listen():
-                    if msg["type"] == "psubscribe":
-                        self.connected.set()
-                        self._resync_all()
-                        delay = 0.05
-                    elif msg["type"] == "pmessage":
-                        channel = msg["channel"].decode()
-                        self.fan_out(channel[self._prefix_len :], msg["data"])
-                    elif msg["type"] == "message":
-                        self.end_credential(msg["data"].decode(errors="replace"))
+                    if msg["type"] == "message":
+                        if msg["channel"] == ended:
+                            self.end_credential(msg["data"].decode(errors="replace"))
+                        else:
+                            account = msg["channel"].decode()[self._prefix_len :]
+                            self.fan_out(account, msg["data"])
+                    elif msg["type"] == "pong":
+                        pong = self._pongs.get(msg["data"])
+                        if pong is not None and not pong.done():
+                            pong.set_result(None)
                     elif msg["type"] == "subscribe":
+                        if msg["channel"] != ended:
+                            self._confirm(msg["channel"].decode()[self._prefix_len :])
+                            continue
+                        self.connected.set()
+                        delay = 0.05
                         recheck = asyncio.create_task(self._recheck_credentials())
                         self._rechecks.add(recheck)
                         recheck.add_done_callback(self._rechecks.discard)
@@ -330,12 +513,11 @@ class Hub:
             except (RedisError, OSError) as exc:
                 if self.connected.is_set():
                     log.warning("redis pub/sub lost, reconnecting: %r", exc)
-                self.connected.clear()
             except Exception:
                 # A bug here must not silently end live delivery for the whole process.
                 log.exception("hub failed, restarting it")
-                self.connected.clear()
             finally:
+                self._disconnected()
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
                 with contextlib.suppress(Exception):

@@ -39,6 +39,9 @@ class Settings:
     pending_ttl_s: int = 86_400
     # Short, so that a job whose worker was SIGKILLed is retried soon (arq waits timeout + 10 s).
     job_timeout_s: int = 10
+    # The longest an idle worker waits between looks at its queue: it is woken by a
+    # publish for each enqueue, this only heals a lost wake (and Redis restarts).
+    worker_poll_ms: int = 250
     settle_batch_size: int = 500
     # Prefix of every Redis key settle owns (arq queue, pub/sub channels): lets several
     # deployments, or test runs, share one Redis without seeing each other.
@@ -90,6 +93,7 @@ class Settings:
             sweep_interval_s=_int(env, "SETTLE_SWEEP_INTERVAL_S", 2),
             pending_ttl_s=max(_int(env, "SETTLE_PENDING_TTL_S", 86_400), 1),
             job_timeout_s=_int(env, "SETTLE_JOB_TIMEOUT_S", 10),
+            worker_poll_ms=max(_int(env, "SETTLE_WORKER_POLL_MS", 250), 1),
             settle_batch_size=_int(env, "SETTLE_BATCH_SIZE", 500),
             redis_prefix=env.get("SETTLE_REDIS_PREFIX", "settle"),
             replay_cap=_int(env, "SETTLE_REPLAY_CAP", 1000),

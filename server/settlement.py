@@ -117,6 +117,7 @@ async def settle(
     ready_before: int,
     at: int,
     before_commit: Callable[[], None] | None = None,
+    wait: bool = False,
 ) -> list[Event]:
     """Settle ``transfer_id`` and, in the same transaction, up to ``batch_size - 1`` other
     pending transfers accepted before ``ready_before`` (group commit), in acceptance
@@ -124,9 +125,10 @@ async def settle(
 
     On PostgreSQL one settlement transaction runs at a time (an advisory lock), which
     keeps acceptance order per account across workers. A run that finds the lock taken
-    settles nothing and raises Busy; the caller retries.
+    settles nothing and raises Busy (the caller retries), or with ``wait`` waits its turn
+    and then settles what is due by then.
     """
-    if not await conn.try_lock(SETTLE_LOCK):
+    if not await conn.try_lock(SETTLE_LOCK, wait=wait):
         raise Busy
     # Lock the batch's rows, skipping any a cancel is changing right now.
     batch = list(await conn.fetch_all(conn.locking(_OWN_PENDING, True), {"tid": transfer_id}))

@@ -11,6 +11,7 @@ settlement job and publish ``transfer.pending`` → the worker's job → ``settl
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from typing import Any
 
@@ -22,7 +23,7 @@ from server.money import parse_amount
 from server.schema import new_id, now_us
 from server.services import Services
 from server.settings import Settings
-from server.store import Store, findable
+from server.store import Conn, Store, findable
 
 MAX_MEMO = 500
 MAX_KEY = 255
@@ -132,10 +133,16 @@ async def settle(
     transfer_id: str,
     batch_size: int | None = None,
     ready_before: int | None = None,
+    turn: asyncio.Lock | None = None,
 ) -> list[Event]:
     """Settle ``transfer_id`` and the other due pending transfers with it (one batch,
     one transaction), publish the outcomes, count them. Idempotent: a transfer that is
-    no longer pending is simply not in the batch."""
+    no longer pending is simply not in the batch.
+
+    ``turn`` (a worker's, on PostgreSQL): the process's settlements take turns on it and
+    each waits for the database's settlement lock rather than raising Busy, so the
+    next batch starts as soon as the one before commits (in this worker or another),
+    with one connection waiting per worker. The events are published after the turn."""
     size = settings.settle_batch_size if batch_size is None else batch_size
     if ready_before is None:
         ready_before = now_us() - settings.settle_delay_ms * 1000 + 1
@@ -143,9 +150,16 @@ async def settle(
     def crash_point() -> None:
         faults.crash_at(settings, "settle-before-commit")
 
-    events = await store.transaction(
-        lambda conn: settlement.settle(conn, transfer_id, size, ready_before, now_us(), crash_point)
-    )
+    async def body(conn: Conn) -> list[Event]:
+        return await settlement.settle(
+            conn, transfer_id, size, ready_before, now_us(), crash_point, wait=turn is not None
+        )
+
+    if turn is None:
+        events = await store.transaction(body)
+    else:
+        async with turn:
+            events = await store.transaction(body)
     await dispatch.publish(events)
     SETTLEMENT.record({e.transfer_id: e.transfer for e in events}.values())
     return events

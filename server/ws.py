@@ -123,7 +123,7 @@ async def _refusal(websocket: WebSocket) -> Close | tuple[auth.User, str, int | 
 
 async def _send_loop(websocket: WebSocket, sub: Subscription, ping_s: float) -> None:
     try:
-        batch = await sub.catch_up()
+        batch = await sub.start()
         while True:
             for item in batch:
                 if item is STOP:

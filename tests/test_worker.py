@@ -122,3 +122,65 @@ async def test_sweeper_settles_a_transfer_whose_job_was_never_enqueued(stack: St
             await asyncio.to_thread(worker.wait, 30)
     assert done["balance"]["posted"] == "2.50"
     assert await stack.status_of(alice, tid) == "completed"
+
+
+async def test_idle_workers_are_woken_by_the_enqueue_not_by_polling(stack: Stack) -> None:
+    """Two workers whose fallback poll is ten minutes and with no sweeper: only the wake
+    published with each enqueue (``Dispatcher``) can start the jobs in time."""
+    import dataclasses
+
+    from jobs.worker import WakingWorker, create_worker, stop_worker
+    from server.redisbox import redis_settings
+
+    assert stack.settings.redis_url is not None
+    slow = dataclasses.replace(stack.settings, worker_poll_ms=600_000)
+    workers: list[WakingWorker] = []
+    mains = []
+    for _ in range(2):
+        worker = create_worker(
+            slow, redis_settings(slow, stack.settings.redis_url), handle_signals=False
+        )
+        assert isinstance(worker, WakingWorker)
+        worker.cron_jobs = []  # no sweeper, which would re-enqueue and wake
+        workers.append(worker)
+        mains.append(asyncio.create_task(worker.main()))
+    try:
+        for worker in workers:
+            await asyncio.wait_for(worker.listening.wait(), 30)
+        alice, bob = await stack.customer("10.00"), await stack.customer("0")
+        async with account_events(stack.settings, bob.account) as events:
+            for n in range(1, 4):
+                tid = (await stack.transfer(alice, bob.account, "1.00")).json()["id"]
+                # Far within the ten-minute fallback: a bound, not a speed assertion.
+                done = await next_event(events, "transfer.completed", tid, within=60)
+                assert done["balance"]["posted"] == f"{n}.00"
+    finally:
+        for worker, main in zip(workers, mains, strict=True):
+            await stop_worker(worker, main, 5)
+    assert sum(w.jobs_complete for w in workers) >= 1
+
+
+async def test_settlements_taking_turns_wait_for_the_lock_instead_of_finding_it_busy(
+    stack: Stack,
+) -> None:
+    """PostgreSQL: two workers' settlements (a turn each) queue on the database's
+    settlement lock; none raises Busy, and every transfer settles once, in order."""
+    from server import transfers
+
+    alice, bob = await stack.customer("10.00"), await stack.customer("0")
+    ids = [(await stack.transfer(alice, bob.account, "1.00")).json()["id"] for _ in range(6)]
+    dispatch = Dispatcher(await _redis(stack), stack.settings)
+    turns = [asyncio.Lock(), asyncio.Lock()]
+    try:
+        runs = await asyncio.gather(
+            *(
+                transfers.settle(stack.store, dispatch, stack.settings, tid, 2, turn=turns[i % 2])
+                for i, tid in enumerate(ids)
+            )
+        )
+    finally:
+        await dispatch.redis.aclose()
+    settled = [e.transfer_id for run in runs for e in run if e.account_id == alice.account]
+    assert sorted(settled) == sorted(ids) and len(settled) == 6
+    assert (await stack.account(bob))["balance"]["posted"] == "6.00"
+    await stack.settle_all()

@@ -48,9 +48,10 @@ class Conn(Protocol):
         (the loser of a race for the key gets False, never an error)."""
         ...
 
-    async def try_lock(self, key: int) -> bool:
+    async def try_lock(self, key: int, wait: bool = False) -> bool:
         """A lock held until the transaction ends, or False at once if another holds
-        it. SQLite: always True (the transaction holds the file's write lock)."""
+        it (``wait``: wait for it instead, then True). SQLite: always True (the
+        transaction holds the file's write lock)."""
         ...
 
     def locking(self, query: sa.Select[Any], skip_locked: bool = False) -> sa.Select[Any]:

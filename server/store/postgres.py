@@ -34,6 +34,7 @@ _PREPARED: dict[tuple[int, tuple[str, ...]], tuple[Any, str, list[str], dict[str
 # Statements derived once from a module-level one: (id, variant) -> (original, derived).
 _DERIVED: dict[tuple[int, str], tuple[Any, Any]] = {}
 _TRY_LOCK = sa.select(sa.func.pg_try_advisory_xact_lock(sa.bindparam("key", type_=sa.BigInteger)))
+_LOCK = sa.select(sa.func.pg_advisory_xact_lock(sa.bindparam("key", type_=sa.BigInteger)))
 
 
 def _prepared(stmt: Any, names: tuple[str, ...]) -> tuple[str, list[str], dict[str, Any]]:
@@ -111,7 +112,10 @@ class PgConn:
         )
         return await self.fetch_one(stmt, values) is not None
 
-    async def try_lock(self, key: int) -> bool:
+    async def try_lock(self, key: int, wait: bool = False) -> bool:
+        if wait:
+            await self.fetch_val(_LOCK, {"key": key})
+            return True
         return bool(await self.fetch_val(_TRY_LOCK, {"key": key}))
 
     def locking(self, query: sa.Select[Any], skip_locked: bool = False) -> sa.Select[Any]:

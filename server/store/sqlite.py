@@ -135,7 +135,7 @@ class SqliteConn:
         cursor.close()
         return inserted
 
-    async def try_lock(self, key: int) -> bool:
+    async def try_lock(self, key: int, wait: bool = False) -> bool:
         return True  # BEGIN IMMEDIATE already holds the file's write lock
 
     def locking(self, query: sa.Select[Any], skip_locked: bool = False) -> sa.Select[Any]:
