@@ -73,12 +73,15 @@ class Inbox:
     the future only while the reader does (an ``asyncio.Queue``, with its three deques
     and an Event, costs about 3 KB per socket)."""
 
-    __slots__ = ("_items", "_waiter", "maxsize")
+    __slots__ = ("_items", "_waiter", "maxsize", "notify")
 
     def __init__(self, maxsize: int) -> None:
         self.maxsize = maxsize
         self._items: deque[Outgoing] | None = None
         self._waiter: asyncio.Future[None] | None = None
+        # Called after each put: a socket's sender starts (``server.ws``) when there is
+        # something to send, instead of waiting with a task of its own while idle.
+        self.notify: Callable[[], None] | None = None
 
     def qsize(self) -> int:
         return len(self._items) if self._items is not None else 0
@@ -94,6 +97,13 @@ class Inbox:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        if self.notify is not None:
+            self.notify()
+
+    def take(self) -> list[Outgoing]:
+        """Every queued item, without waiting (none: an empty list)."""
+        items, self._items = self._items, None
+        return list(items) if items else []
 
     async def _wait(self) -> deque[Outgoing]:
         while not self._items:
@@ -185,8 +195,12 @@ class Subscription:
     async def next(self) -> list[Outgoing]:
         """Wait for what arrives next; return what to send now, in seq order (all that
         queued meanwhile, in one go)."""
+        return await self.deliver_all(await self.queue.get_all())
+
+    async def deliver_all(self, items: list[Outgoing]) -> list[Outgoing]:
+        """``deliver`` each of ``items``, up to a STOP."""
         out: list[Outgoing] = []
-        for item in await self.queue.get_all():
+        for item in items:
             out += await self.deliver(item)
             if out and out[-1] is STOP:
                 break

@@ -18,7 +18,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from server import auth, reads
 from server.events import PING
-from server.hub import STOP, Subscription
+from server.hub import STOP, Outgoing, Subscription
 from server.services import services
 
 log = logging.getLogger("settle.ws")
@@ -87,18 +87,17 @@ async def stream(websocket: WebSocket) -> None:
     except BaseException:
         app.hub.unsubscribe(sub)
         raise
-    # Two tasks a socket, the fewest that can both send and notice a client's close: this
-    # one reads, ``sender`` writes (and closes the socket when ``sub`` is stopped).
+    # This task reads; the sender writes, with a task only while it has something to
+    # send (an idle socket is this task and a few small objects: 10,000 may be open).
     expiry = _expire(sub, user.expires_at)
-    sender = asyncio.create_task(_send_loop(websocket, sub, app.settings.ws_ping_s))
+    sender = Sender(websocket, sub, app.settings.ws_ping_s)
     try:
         close = await _receive_loop(websocket)
     finally:
         app.hub.unsubscribe(sub)
         if expiry is not None:
             expiry.cancel()
-        sender.cancel()
-        await asyncio.gather(sender, return_exceptions=True)
+        await sender.stop()
     if close is not None:
         await _close(websocket, close)
 
@@ -121,30 +120,80 @@ async def _refusal(websocket: WebSocket) -> Close | tuple[auth.User, str, int | 
     return user, account_id, since, seq
 
 
-async def _send_loop(websocket: WebSocket, sub: Subscription, ping_s: float) -> None:
-    try:
-        batch = await sub.start()
-        while True:
-            for item in batch:
-                if item is STOP:
-                    code = sub.close_code
-                    await _close(websocket, Close(code, CLOSE_REASONS[code]))
-                    return
-                await websocket.send_text(sub.encode(item))
-            try:
-                # A timeout scope rather than wait_for: no extra task and loop step per
-                # message, which adds up when one event wakes a thousand sockets at once.
-                async with asyncio.timeout(ping_s):
-                    batch = await sub.next()
-            except TimeoutError:
-                await websocket.send_text(PING)
-                # A publish lost without a later event to reveal the gap shows up here.
-                batch = await sub.catch_up()
-    except (WebSocketDisconnect, OSError, RuntimeError):
-        return
-    except Exception as exc:  # the database unreachable for a catch-up, say
-        log.warning("stream of %s ended: %r", sub.account_id, exc)
-        await _close(websocket, Close(1011, CLOSE_REASONS[1011]))
+class Sender:
+    """Sends a subscription's messages in seq order: its first replay, then what the hub
+    queues, a ping every ``ping_s`` seconds (with a catch-up from the log, which reveals
+    a lost publish), and the close when the subscription is stopped (STOP).
+
+    Its task runs only while there is something to send: one at a time, each draining
+    the inbox until it is empty, so order is kept and an idle socket holds no task."""
+
+    __slots__ = ("closed", "ping_due", "ping_s", "sub", "task", "timer", "websocket")
+
+    def __init__(self, websocket: WebSocket, sub: Subscription, ping_s: float) -> None:
+        self.websocket = websocket
+        self.sub = sub
+        self.ping_s = ping_s
+        self.closed = False
+        self.ping_due = False
+        self.timer: asyncio.TimerHandle | None = None
+        self.task: asyncio.Task[None] | None = asyncio.create_task(self._run(first=True))
+        sub.queue.notify = self.wake
+
+    def wake(self) -> None:
+        """Something to send: start a task unless one is running (it drains all)."""
+        if not self.closed and self.task is None:
+            self.task = asyncio.create_task(self._run())
+
+    def _ping(self) -> None:
+        self.timer = None
+        self.ping_due = True
+        self.wake()
+
+    async def stop(self) -> None:
+        self.closed = True
+        self.sub.queue.notify = None
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+
+    async def _run(self, first: bool = False) -> None:
+        try:
+            if first:
+                await self._send(await self.sub.start())
+            while not self.closed:
+                if self.ping_due:
+                    self.ping_due = False
+                    await self.websocket.send_text(PING)
+                    await self._send(await self.sub.catch_up())
+                items = self.sub.queue.take()
+                if not items:
+                    break
+                await self._send(await self.sub.deliver_all(items))
+        except (WebSocketDisconnect, OSError, RuntimeError):
+            self.closed = True
+        except Exception as exc:  # the database unreachable for a catch-up, say
+            log.warning("stream of %s ended: %r", self.sub.account_id, exc)
+            await self._close(Close(1011, CLOSE_REASONS[1011]))
+        finally:
+            if not self.closed and self.timer is None:
+                self.timer = asyncio.get_running_loop().call_later(self.ping_s, self._ping)
+            if self.task is asyncio.current_task():
+                self.task = None  # a finished task is a kilobyte an idle socket need not keep
+
+    async def _send(self, batch: list[Outgoing]) -> None:
+        for item in batch:
+            if item is STOP:
+                code = self.sub.close_code
+                await self._close(Close(code, CLOSE_REASONS[code]))
+                return
+            await self.websocket.send_text(self.sub.encode(item))
+
+    async def _close(self, close: Close) -> None:
+        self.closed = True
+        await _close(self.websocket, close)
 
 
 async def _receive_loop(websocket: WebSocket) -> Close | None:
