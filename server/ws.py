@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import time
 
+from starlette.datastructures import QueryParams
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from server import auth, reads
@@ -40,12 +41,19 @@ class BadQuery(Exception):
     """The query string does not name an account and a valid ``since``."""
 
 
+def query(websocket: WebSocket) -> QueryParams:
+    """The socket's query, parsed afresh: ``websocket.query_params`` would keep it for
+    the socket's whole life, half a kilobyte of each of 10,000 idle sockets."""
+    return QueryParams(websocket.scope.get("query_string", b""))
+
+
 def parse_query(websocket: WebSocket) -> tuple[str, int | None]:
     """(account id, since); since None means: no replay, live from now."""
-    account = websocket.query_params.get("account", "")
+    params = query(websocket)
+    account = params.get("account", "")
     if not account or len(account) > 64 or not account.isprintable():
         raise BadQuery("account is required")
-    raw = websocket.query_params.get("since")
+    raw = params.get("since")
     if raw is None or raw == "":
         return account, None
     if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
@@ -79,7 +87,7 @@ async def stream(websocket: WebSocket) -> None:
         account_id,
         user.username,
         start_seq if since is None else since,
-        fragments=websocket.query_params.get("fragments") == "1",
+        fragments=query(websocket).get("fragments") == "1",
         credential=user.credential,
     )
     try:
@@ -89,14 +97,11 @@ async def stream(websocket: WebSocket) -> None:
         raise
     # This task reads; the sender writes, with a task only while it has something to
     # send (an idle socket is this task and a few small objects: 10,000 may be open).
-    expiry = _expire(sub, user.expires_at)
-    sender = Sender(websocket, sub, app.settings.ws_ping_s)
+    sender = Sender(websocket, sub, app.settings.ws_ping_s, user.expires_at)
     try:
         close = await _receive_loop(websocket)
     finally:
         app.hub.unsubscribe(sub)
-        if expiry is not None:
-            expiry.cancel()
         await sender.stop()
     if close is not None:
         await _close(websocket, close)
@@ -123,20 +128,36 @@ async def _refusal(websocket: WebSocket) -> Close | tuple[auth.User, str, int | 
 class Sender:
     """Sends a subscription's messages in seq order: its first replay, then what the hub
     queues, a ping every ``ping_s`` seconds (with a catch-up from the log, which reveals
-    a lost publish), and the close when the subscription is stopped (STOP).
+    a lost publish), and the close when the subscription is stopped (STOP), or when the
+    credential it was opened with expires (``expires_at``, microseconds since the
+    epoch; 0: never; revocation and logout stop it through the hub).
 
     Its task runs only while there is something to send: one at a time, each draining
-    the inbox until it is empty, so order is kept and an idle socket holds no task."""
+    the inbox until it is empty, so order is kept and an idle socket holds no task. One
+    timer serves the ping and the expiry."""
 
-    __slots__ = ("closed", "ping_due", "ping_s", "sub", "task", "timer", "websocket")
+    __slots__ = (
+        "closed",
+        "expires_at",
+        "ping_due",
+        "ping_s",
+        "sub",
+        "task",
+        "timer",
+        "websocket",
+    )
 
-    def __init__(self, websocket: WebSocket, sub: Subscription, ping_s: float) -> None:
+    def __init__(
+        self, websocket: WebSocket, sub: Subscription, ping_s: float, expires_at: int = 0
+    ) -> None:
         self.websocket = websocket
         self.sub = sub
         self.ping_s = ping_s
+        self.expires_at = expires_at
         self.closed = False
         self.ping_due = False
         self.timer: asyncio.TimerHandle | None = None
+        self._arm()
         self.task: asyncio.Task[None] | None = asyncio.create_task(self._run(first=True))
         sub.queue.notify = self.wake
 
@@ -145,10 +166,25 @@ class Sender:
         if not self.closed and self.task is None:
             self.task = asyncio.create_task(self._run())
 
-    def _ping(self) -> None:
+    def _left_s(self) -> float | None:
+        """Seconds until the credential expires (None: it never does)."""
+        return self.expires_at / 1_000_000 - time.time() if self.expires_at else None
+
+    def _arm(self) -> None:
+        left = self._left_s()
+        delay = self.ping_s if left is None else max(min(self.ping_s, left), 0.0)
+        self.timer = asyncio.get_running_loop().call_later(delay, self._tick)
+
+    def _tick(self) -> None:
         self.timer = None
-        self.ping_due = True
-        self.wake()
+        left = self._left_s()
+        if left is not None and left <= 0.001:
+            self.sub.stop(4401)  # STOP: the task closes the socket
+        else:
+            self.ping_due = True
+            self.wake()
+        if self.timer is None and self.task is None and not self.closed:
+            self._arm()
 
     async def stop(self) -> None:
         self.closed = True
@@ -179,7 +215,7 @@ class Sender:
             await self._close(Close(1011, CLOSE_REASONS[1011]))
         finally:
             if not self.closed and self.timer is None:
-                self.timer = asyncio.get_running_loop().call_later(self.ping_s, self._ping)
+                self._arm()
             if self.task is asyncio.current_task():
                 self.task = None  # a finished task is a kilobyte an idle socket need not keep
 
@@ -220,16 +256,6 @@ CLOSE_REASONS = {
     1013: "too slow: reconnect with since",
     4401: "the credential ended; authenticate again",
 }
-
-
-def _expire(sub: Subscription, expires_at: int) -> asyncio.TimerHandle | None:
-    """Stop ``sub`` (4401) when the credential it was opened with expires (microseconds
-    since the epoch; 0: never). Revocation and logout stop it through the hub."""
-    if not expires_at:
-        return None
-    loop = asyncio.get_running_loop()
-    left = max(expires_at / 1_000_000 - time.time(), 0.0)
-    return loop.call_at(loop.time() + left, sub.stop, 4401)
 
 
 async def _close(websocket: WebSocket, close: Close) -> None:
