@@ -184,3 +184,49 @@ async def test_settlements_taking_turns_wait_for_the_lock_instead_of_finding_it_
     assert sorted(settled) == sorted(ids) and len(settled) == 6
     assert (await stack.account(bob))["balance"]["posted"] == "6.00"
     await stack.settle_all()
+
+
+async def test_two_workers_claiming_the_same_jobs_start_each_once(stack: Stack) -> None:
+    """The claim (one script instead of arq's WATCH/MULTI) lets exactly one worker start
+    a job; the other finds it running, and no job that is not yet due is started."""
+    from arq.constants import in_progress_key_prefix
+    from arq.utils import timestamp_ms
+
+    from jobs.worker import WakingWorker, create_worker
+    from server.dispatch import job_id
+    from server.redisbox import redis_settings
+
+    assert stack.settings.redis_url is not None
+    redis = await _redis(stack)
+    workers = [
+        create_worker(
+            stack.settings, redis_settings(stack.settings, stack.settings.redis_url), burst=True
+        )
+        for _ in range(2)
+    ]
+    try:
+        for worker in workers:
+            assert isinstance(worker, WakingWorker)
+            worker._pool = redis
+        queue = stack.settings.queue_name
+        now = timestamp_ms()
+        due = [job_id(stack.settings, f"tr_claim{i}") for i in range(20)]
+        later = job_id(stack.settings, "tr_later")
+        await redis.zadd(queue, {**{j: now for j in due}, later: now + 60_000})
+        started: list[list[str]] = [[], []]
+        for worker, mine in zip(workers, started, strict=True):
+            # Record, do not run: what is claimed is what would run.
+            async def record(job: str, score: int, mine: list[str] = mine) -> None:
+                mine.append(job)
+
+            worker.run_job = record  # type: ignore[method-assign, assignment]
+        ids = [j.encode() for j in [*due, later]]
+        await asyncio.gather(*(w.start_jobs(ids) for w in workers))
+        await asyncio.gather(*(asyncio.gather(*w.tasks.values()) for w in workers))
+        claimed = started[0] + started[1]
+        assert sorted(claimed) == sorted(due), "each due job once, the later one not at all"
+        assert await redis.exists(*(in_progress_key_prefix + j for j in due)) == len(due)
+    finally:
+        await redis.zrem(stack.settings.queue_name, *due, later)
+        await redis.delete(*(in_progress_key_prefix + j for j in due))
+        await redis.aclose()
