@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
+from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
@@ -164,20 +165,26 @@ class FormProblems(Exception):
         self.problems, self.status = problems, status
 
 
+async def _posted(request: Request) -> tuple[Session, FormData, Row, dict[str, Any]]:
+    """A posted send form, checked (session, CSRF, the account is the user's): its data,
+    the account, and the form's state with what a person typed, without the spaces
+    around it (ASCII only: the amount itself must still be a plain decimal)."""
+    session = await sessions.require(request)
+    data = await request.form()
+    sessions.check_csrf(request, session.csrf_token, data)
+    account = await reads.owned_account(
+        services(request).store, session.user_id, request.path_params["account_id"]
+    )
+    form = new_form(**{k: str(data.get(k, "")).strip(" \t\r\n") for k in ("to", "amount", "memo")})
+    return session, data, account, form
+
+
 async def send(request: Request) -> Response:
     """Send money from the form, through the same use case as the API."""
     from server import pages
 
-    session = await sessions.require(request)
-    data = await request.form()
-    sessions.check_csrf(request, session.csrf_token, data)
+    session, data, account, form = await _posted(request)
     app = services(request)
-    account = await reads.owned_account(
-        app.store, session.user_id, request.path_params["account_id"]
-    )
-    # What a person typed, without the spaces around it (ASCII only: the amount itself
-    # must still be a plain decimal).
-    form = new_form(**{k: str(data.get(k, "")).strip(" \t\r\n") for k in ("to", "amount", "memo")})
     key = str(data.get("idempotency_key", "")) or None
     if key is not None:
         form["idempotency_key"] = key
@@ -259,14 +266,7 @@ async def sent_state(
 async def preview(request: Request) -> Response:
     """ "After sending: $X available", or why it would fail: the API's preview use case,
     for the form as it is typed (session and CSRF; htmx, debounced)."""
-    session = await sessions.require(request)
-    data = await request.form()
-    sessions.check_csrf(request, session.csrf_token, data)
-    app = services(request)
-    account = await reads.owned_account(
-        app.store, session.user_id, request.path_params["account_id"]
-    )
-    form = new_form(**{k: str(data.get(k, "")).strip(" \t\r\n") for k in ("to", "amount", "memo")})
+    session, _, account, form = await _posted(request)
     text, tone = await _preview_text(request, session, account, form)
     return fragments.html(
         fragments.templates(request)
