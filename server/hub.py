@@ -67,20 +67,19 @@ CredentialLive = Callable[[str], Awaitable[bool]]
 
 
 class Inbox:
-    """A socket's bounded queue of outgoing items, with one reader (its send loop).
+    """A socket's bounded queue of outgoing items. Its reader (the socket's sender,
+    ``server.ws``) is told by ``notify`` that something arrived and ``take``s it all.
 
-    An idle socket's holds two empty slots: the deque exists only while items wait, and
-    the future only while the reader does (an ``asyncio.Queue``, with its three deques
-    and an Event, costs about 3 KB per socket)."""
+    An idle socket's holds empty slots: the deque exists only while items wait (an
+    ``asyncio.Queue``, with its three deques and an Event, costs about 3 KB a socket)."""
 
-    __slots__ = ("_items", "_waiter", "maxsize", "notify")
+    __slots__ = ("_items", "maxsize", "notify")
 
     def __init__(self, maxsize: int) -> None:
         self.maxsize = maxsize
         self._items: deque[Outgoing] | None = None
-        self._waiter: asyncio.Future[None] | None = None
-        # Called after each put: a socket's sender starts (``server.ws``) when there is
-        # something to send, instead of waiting with a task of its own while idle.
+        # Called after each put: a socket's sender starts when there is something to
+        # send, instead of waiting with a task of its own while idle.
         self.notify: Callable[[], None] | None = None
 
     def qsize(self) -> int:
@@ -94,9 +93,6 @@ class Inbox:
         elif bounded and len(items) >= self.maxsize:
             raise asyncio.QueueFull
         items.append(item)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
         if self.notify is not None:
             self.notify()
 
@@ -104,30 +100,6 @@ class Inbox:
         """Every queued item, without waiting (none: an empty list)."""
         items, self._items = self._items, None
         return list(items) if items else []
-
-    async def _wait(self) -> deque[Outgoing]:
-        while not self._items:
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        return self._items
-
-    async def get(self) -> Outgoing:
-        """The next item, waiting for one. Cancelled while waiting, it loses nothing:
-        items stay queued until taken."""
-        items = await self._wait()
-        item = items.popleft()
-        if not items:
-            self._items = None
-        return item
-
-    async def get_all(self) -> list[Outgoing]:
-        """Every queued item, waiting for at least one."""
-        items = list(await self._wait())
-        self._items = None
-        return items
 
 
 class Subscription:
@@ -191,11 +163,6 @@ class Subscription:
         is subscribed, so that every later event is in that read or arrives live."""
         await self.hub.wait_subscribed(self)
         return await self.catch_up()
-
-    async def next(self) -> list[Outgoing]:
-        """Wait for what arrives next; return what to send now, in seq order (all that
-        queued meanwhile, in one go)."""
-        return await self.deliver_all(await self.queue.get_all())
 
     async def deliver_all(self, items: list[Outgoing]) -> list[Outgoing]:
         """``deliver`` each of ``items``, up to a STOP."""

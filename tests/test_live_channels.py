@@ -9,7 +9,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from server.dispatch import channel
-from server.hub import RESYNC, Hub
+from server.hub import RESYNC, Hub, Outgoing, Subscription
 from server.settings import Settings
 from server.store import Store
 from tests.conftest import Stack
@@ -36,6 +36,21 @@ async def hub_clients(settings: Settings) -> list[dict[str, Any]]:
     finally:
         await client.aclose()
     return [c for c in clients if c["name"].startswith(f"{settings.redis_prefix}:hub:")]
+
+
+async def queued(sub: Subscription, within: float = 30) -> list[Outgoing]:
+    """What the hub queues for ``sub`` next, awaited as a socket's sender is told of it
+    (``Inbox.notify``)."""
+    arrived = asyncio.Event()
+    sub.queue.notify = arrived.set
+    try:
+        async with asyncio.timeout(within):
+            while not (items := sub.queue.take()):
+                arrived.clear()
+                await arrived.wait()
+    finally:
+        sub.queue.notify = None
+    return items
 
 
 async def test_a_process_subscribes_to_the_accounts_of_its_sockets_only(
@@ -110,7 +125,7 @@ async def test_after_a_lost_connection_every_channel_is_subscribed_again_then_re
         # A subscription is told to resync from the log once its channel is confirmed
         # on the new connection, so nothing published meanwhile is missed.
         for sub in subs:
-            assert await asyncio.wait_for(sub.queue.get(), 30) is RESYNC
+            assert (await queued(sub))[0] is RESYNC
         await hub.sync()
         [after] = await hub_clients(settings)
         assert after["id"] != before["id"] and int(after["sub"]) == 3
@@ -121,7 +136,6 @@ async def test_after_a_lost_connection_every_channel_is_subscribed_again_then_re
             assert await publisher.publish(channel(settings, "acc_a"), EVENT) == 1
         finally:
             await publisher.aclose()
-        item = await asyncio.wait_for(subs[0].queue.get(), 30)
-        assert item.seq == 1
+        assert (await queued(subs[0]))[0].seq == 1
     finally:
         await hub.stop()

@@ -87,6 +87,6 @@ async def test_a_fragment_is_rendered_once_per_event_not_once_per_socket(
     subs = [hub.subscribe("acc_x", "alice", 0, fragments=True) for _ in range(3)]
     event = b'{"type":"transfer.pending","account":"acc_x","seq":1,"transfer":{},"balance":{}}'
     hub.fan_out("acc_x", event)
-    texts = [sub.encode(item) for sub in subs for item in await sub.next()]
+    texts = [sub.encode(item) for sub in subs for item in await sub.deliver_all(sub.queue.take())]
     assert len(texts) == 3 and len(set(texts)) == 1 and '"content":"<p>1</p>"' in texts[0]
     assert rendered == [1]
