@@ -8,7 +8,6 @@ raised to the client whose transfer is already committed.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -20,6 +19,7 @@ from arq.utils import timestamp_ms
 from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError, RedisError
 
+from server.batching import Batched
 from server.events import Event
 from server.settings import Settings
 
@@ -74,8 +74,7 @@ class Dispatcher:
         self.settings = settings
         self._enqueue = redis.register_script(_ENQUEUE)
         self._wake = wake_channel(settings)
-        self._waiting: list[tuple[Sequence[Event], list[str], asyncio.Future[None]]] = []
-        self._sender: asyncio.Task[None] | None = None
+        self._handed = Batched(self._send_batch)
 
     async def after_commit(self, events: Sequence[Event], settle: Iterable[str] = ()) -> None:
         """Publish ``events`` and queue a job that settles ``settle`` (transfer ids);
@@ -84,11 +83,7 @@ class Dispatcher:
         settle = list(settle)
         if not events and not settle:
             return
-        done = asyncio.get_running_loop().create_future()
-        self._waiting.append((events, settle, done))
-        if self._sender is None or self._sender.done():
-            self._sender = asyncio.create_task(self._send_waiting())
-        await done
+        await self._handed((events, settle))
 
     async def publish(self, events: Sequence[Event]) -> None:
         await self.after_commit(events)
@@ -114,19 +109,15 @@ class Dispatcher:
 
     async def close(self) -> None:
         """Wait for what is being sent."""
-        if self._sender is not None:
-            await asyncio.gather(self._sender, return_exceptions=True)
+        await self._handed.close()
 
-    async def _send_waiting(self) -> None:
-        while self._waiting:
-            batch, self._waiting = self._waiting, []
-            events = [e for item in batch for e in item[0]]
-            # One job for the lot: whichever transfer it names, it settles all that are due.
-            first = next(([item[1][0]] for item in batch if item[1]), [])
-            await self._send(first, events)
-            for _, _, done in batch:
-                if not done.done():
-                    done.set_result(None)
+    async def _send_batch(self, batch: list[tuple[Sequence[Event], list[str]]]) -> list[None]:
+        """What concurrent commits handed over, in one round trip (``server.batching``)."""
+        events = [e for item in batch for e in item[0]]
+        # One job for the lot: whichever transfer it names, it settles all that are due.
+        first = next(([item[1][0]] for item in batch if item[1]), [])
+        await self._send(first, events)
+        return [None] * len(batch)
 
     async def _send(self, transfer_ids: Sequence[str], events: Sequence[Event]) -> None:
         """Jobs for ``transfer_ids`` and ``events`` published, in one pipeline."""

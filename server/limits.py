@@ -5,9 +5,9 @@ API and the pages alike; more answer ``429 rate_limited`` with ``Retry-After``. 
 one-second window (INCR and EXPIRE): a client may get up to twice the rate across a
 window boundary, which is fine for a brake on runaway scripts.
 
-Checks that arrive while one round trip is in flight share the next one (as the store's
-writes and the dispatcher's publishes do): under load a web process makes one Redis
-round trip for a whole batch of transfers, not one each.
+Checks that arrive while one round trip is in flight share the next one
+(``server.batching``): under load a web process makes one Redis round trip for a whole
+batch of transfers, not one each.
 
 When Redis is unreachable the limit is not applied (and a warning is logged): refusing
 every payment because the brake is broken would be the worse failure.
@@ -15,7 +15,6 @@ every payment because the brake is broken would be the worse failure.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 
@@ -23,6 +22,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from server import errors
+from server.batching import Batched
 from server.settings import Settings
 
 log = logging.getLogger("settle.limits")
@@ -34,8 +34,7 @@ class TransferRate:
     def __init__(self, redis: Redis, settings: Settings) -> None:
         self.redis = redis
         self.settings = settings
-        self._waiting: list[tuple[str, asyncio.Future[int]]] = []
-        self._sender: asyncio.Task[None] | None = None
+        self._counted = Batched(self._count)
 
     async def check(self, user_id: str) -> None:
         """Count one transfer attempt for ``user_id``; raise RateLimited past the limit."""
@@ -43,28 +42,10 @@ class TransferRate:
         if limit <= 0:
             return
         key = f"{self.settings.redis_prefix}:rate:transfers:{user_id}:{int(time.time())}"
-        counted = asyncio.get_running_loop().create_future()
-        self._waiting.append((key, counted))
-        if self._sender is None or self._sender.done():
-            self._sender = asyncio.create_task(self._count_waiting())
-        if await counted > limit:
+        if await self._counted(key) > limit:
             raise errors.RateLimited(
                 f"at most {limit} transfers per second; try again in a moment", retry_after=1
             )
-
-    async def _count_waiting(self) -> None:
-        while self._waiting:
-            batch, self._waiting = self._waiting, []
-            try:
-                counts = await self._count([key for key, _ in batch])
-            except BaseException as exc:
-                for _, counted in batch:
-                    if not counted.done():
-                        counted.set_exception(exc)
-                raise
-            for (_, counted), count in zip(batch, counts, strict=True):
-                if not counted.done():
-                    counted.set_result(count)
 
     async def _count(self, keys: list[str]) -> list[int]:
         """INCR each key (one round trip); zeros when Redis is unreachable."""
