@@ -126,7 +126,6 @@ async def deposit(store: Store, account_id: str, amount: int, memo: str = "Depos
         src_id = await _funding_account(conn, dst["currency"])
         bank = await conn.fetch_val(sa.select(accounts.c.user_id).where(accounts.c.id == src_id))
         funding_name = await conn.fetch_val(_FUNDING_NAME, {"acct": src_id})
-        at = now_us()
         values = {
             "id": new_id("tr"),
             "from_account": src_id,
@@ -137,8 +136,8 @@ async def deposit(store: Store, account_id: str, amount: int, memo: str = "Depos
             "status": "completed",
             "failure_reason": None,
             "created_by": bank,
-            "created_at": at,
-            "settled_at": at,
+            "created_at": 0,  # the plan's time, below
+            "settled_at": 0,
             "from_name": funding_name,
             "to_name": views.party_name(dst),
             "kind": "deposit",
@@ -147,7 +146,8 @@ async def deposit(store: Store, account_id: str, amount: int, memo: str = "Depos
         # Posted like any settlement: both accounts locked first (in id order, as every
         # transaction locks them), entries appended to their chains, balances and events
         # written (server.settlement).
-        plan = await settlement.locked_plan(conn, [values], at)
+        plan = await settlement.locked_plan(conn, [values], now_us())
+        values["created_at"] = values["settled_at"] = plan.at
         await conn.execute(transfers.insert().values(**values))
         plan.deposit(values)
         await settlement.write(conn, plan)

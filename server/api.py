@@ -121,10 +121,7 @@ async def get_account(request: Request) -> Response:
 
 
 def _page_limit(request: Request) -> int:
-    raw = request.query_params.get("limit", "50")
-    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_PAGE:
-        raise errors.InvalidField(f"limit must be a whole number from 1 to {MAX_PAGE}", "limit")
-    return int(raw)
+    return _whole(request, "limit", 50, 1, MAX_PAGE)
 
 
 async def account_transfers(request: Request) -> Response:

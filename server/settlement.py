@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from server import chain, views
 from server.events import COMPLETED, FAILED, Event
 from server.ledger import BALANCE_COLUMNS, INSERT_ENTRY, INSERT_EVENT
-from server.schema import accounts, transfers
+from server.schema import accounts, now_us, transfers
 from server.store import Conn, Row
 
 # The advisory lock key of "settling now" (PostgreSQL).
@@ -92,14 +92,17 @@ async def expire(conn: Conn, at: int, limit: int) -> list[Event]:
 
 
 async def locked_plan(conn: Conn, batch: list[Row], at: int) -> Plan:
-    """A plan for ``batch``, with every account it touches locked, in id order."""
+    """A plan for ``batch``, with every account it touches locked, in id order. Its time
+    is read once they are locked (``at`` at the earliest): an entry appended after
+    waiting for another transaction's locks is never dated before that one's, so each
+    account's chain is in time order too (statements and balances at a time rely on it)."""
     touched = sorted({r["from_account"] for r in batch} | {r["to_account"] for r in batch})
     locked = await conn.fetch_all(
         conn.locking(
             sa.select(*BALANCE_COLUMNS).where(accounts.c.id.in_(touched)).order_by(accounts.c.id)
         )
     )
-    return Plan({r["id"]: dict(r) for r in locked}, at)
+    return Plan({r["id"]: dict(r) for r in locked}, max(at, now_us()))
 
 
 async def write(conn: Conn, plan: Plan) -> None:

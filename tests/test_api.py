@@ -487,3 +487,13 @@ async def test_a_burst_sent_at_once_is_limited_exactly(settings: Settings, store
         codes = sorted(r.status_code for r in burst)
         assert codes == [202] * limit + [429] * (2 * limit)
         await stack.settle_all()
+
+
+async def test_a_page_limit_of_thousands_of_digits_is_422_not_500(stack: Stack) -> None:
+    alice = await stack.customer("1.00")
+    r = await stack.client.get(
+        f"/api/accounts/{alice.account}/transfers",
+        params={"limit": "9" * 5000},
+        headers=alice.headers,
+    )
+    assert r.status_code == 422 and r.json()["error"]["field"] == "limit"

@@ -150,10 +150,12 @@ async def test_chains_stay_linear_with_several_workers_settling_at_once(
     report = await audit(stack.store)
     assert report.ok, report.render()
     for who in people:
-        seqs = [
-            r["seq"]
-            for r in await stack.store.fetch_all(
-                f"SELECT seq FROM ledger_entries WHERE account_id = '{who.account}' ORDER BY seq"
-            )
-        ]
+        rows = await stack.store.fetch_all(
+            "SELECT seq, created_at FROM ledger_entries"
+            f" WHERE account_id = '{who.account}' ORDER BY seq"
+        )
+        seqs = [r["seq"] for r in rows]
         assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) > 15
+        # And in time order: statements and balances at a time read the chain by time.
+        times = [r["created_at"] for r in rows]
+        assert times == sorted(times)
