@@ -33,7 +33,6 @@ def environment() -> jinja2.Environment:
     )
     env.filters.update(
         money=present.money,
-        reason=present.reason_text,
         when=present.when,
         exact_when=present.exact_when,
     )
@@ -83,11 +82,6 @@ def templates(request: Request) -> jinja2.Environment:
     return services(request).templates
 
 
-def change_note(kind: str, transfer: Mapping[str, Any], account_id: str) -> dict[str, str]:
-    """What an event did to this account, in words (``server.present``)."""
-    return present.change_note(kind, transfer, account_id)
-
-
 def event_fragments(
     env: jinja2.Environment,
     message: Mapping[str, Any],
@@ -99,7 +93,7 @@ def event_fragments(
     history row and detail card, the send form's status line (the sender's side), and
     the announcement. A page applies those it has and ignores the rest."""
     account_id, transfer = message["account"], message["transfer"]
-    note = change_note(message["type"], transfer, account_id)
+    note = present.change_note(message["type"], transfer, account_id)
     context = {
         "account_id": account_id,
         "currency": transfer["currency"],

@@ -34,8 +34,6 @@ from server.services import services
 from server.sessions import Session
 
 HISTORY_LIMIT = 50
-# Re-exported: tests and callers build forms through the pages module.
-new_form = send_form.new_form
 
 
 async def dashboard(request: Request) -> Response:
@@ -74,7 +72,7 @@ async def _account_page(
 
 async def account_page(request: Request) -> Response:
     session = await sessions.require(request)
-    form = new_form(idempotency_key=send_form.form_key(request))
+    form = send_form.new_form(idempotency_key=send_form.form_key(request))
     sent = request.query_params.get("sent")
     if sent:
         replayed = request.query_params.get("replayed") == "1"

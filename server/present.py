@@ -24,7 +24,6 @@ REASONS: dict[str, tuple[str, str]] = {
         "it was not settled in time and expired",
     ),
 }
-FINAL = ("completed", "failed", "cancelled")
 
 
 def money(amount: str | None, currency: str = "USD") -> str:

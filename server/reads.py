@@ -65,12 +65,6 @@ _EVENTS_AFTER = (
     )
     .order_by(account_events.c.seq)
 )
-_LAST_SENT = (
-    sa.select(transfers.c.id)
-    .where(transfers.c.from_account == sa.bindparam("acct"))
-    .order_by(transfers.c.created_at.desc(), transfers.c.id.desc())
-    .limit(1)
-)
 _EVENTS_PAGE = _EVENTS_AFTER.limit(sa.bindparam("n"))
 _KEY_TRANSFER = sa.select(idempotency_keys.c.transfer_id).where(
     idempotency_keys.c.user_id == sa.bindparam("uid"),
@@ -221,12 +215,6 @@ async def sent_with_key(store: Store, user_id: str, key: str) -> Row | None:
     if found is None:
         return None
     return await store.fetch_one(_VISIBLE_TRANSFER, {"tid": found, "uid": user_id})
-
-
-async def last_sent(store: Store, account_id: str) -> str | None:
-    """The id of the newest transfer sent from the account (its history index)."""
-    found = await store.fetch_val(_LAST_SENT, {"acct": account_id})
-    return None if found is None else str(found)
 
 
 async def events_page(

@@ -22,7 +22,7 @@ from starlette.routing import Route
 
 from server import errors, fragments, metrics, present, reads, sessions, transfers, views
 from server.events import Event
-from server.money import MAX_TEXT, format_amount, parse_amount
+from server.money import format_amount, parse_amount
 from server.services import services
 from server.sessions import Session
 from server.store import Row
@@ -58,10 +58,10 @@ def new_form(**values: Any) -> dict[str, Any]:
 
 def form_key(request: Request) -> str:
     """The key of this browser's unsent form (the cookie), or a new one."""
-    key = request.cookies.get(KEY_COOKIE, "")
-    if 1 <= len(key) <= transfers.MAX_KEY and key.isascii() and key.isprintable():
-        return key
-    return new_key()
+    try:
+        return transfers.idempotency_key(request.cookies.get(KEY_COOKIE)) or new_key()
+    except errors.InvalidField:  # not a key this app would have set
+        return new_key()
 
 
 def keep_key(request: Request, response: Response, account_id: str, key: str) -> None:
@@ -132,17 +132,12 @@ def duplicate_warning(exc: errors.PossibleDuplicate) -> dict[str, str]:
     }
 
 
-async def _check(
-    request: Request, session: Session, account: Row, form: dict[str, Any]
-) -> tuple[str, int]:
-    """The recipient's account and the amount in cents, or every field's error at once."""
+async def _check(request: Request, session: Session, account: Row, form: dict[str, Any]) -> str:
+    """The recipient's account, or every field's error at once."""
     problems: dict[str, str] = {}
     status = 422
-    cents = 0
     try:
-        if len(form["amount"]) > MAX_TEXT:
-            raise errors.InvalidAmount("too long", "amount")
-        cents = parse_amount(form["amount"])
+        parse_amount(form["amount"])
     except errors.InvalidAmount as exc:
         problems["amount"] = refusal_message(exc, form, account)
     to = ""
@@ -156,7 +151,7 @@ async def _check(
             status = 404 if not problems.get("amount") else 422
     if problems:
         raise FormProblems(problems, status)
-    return to, cents
+    return to
 
 
 class FormProblems(Exception):
@@ -190,7 +185,7 @@ async def send(request: Request) -> Response:
         form["idempotency_key"] = key
     confirmed = data.get("confirm_duplicate") == "1"
     try:
-        to, _ = await _check(request, session, account, form)
+        to = await _check(request, session, account, form)
         order = transfers.order(
             session.user_id,
             account["id"],
@@ -281,9 +276,7 @@ async def _preview_text(
     if not form["amount"]:
         return "", "info"
     try:
-        cents = parse_amount(form["amount"]) if len(form["amount"]) <= MAX_TEXT else -1
-        if cents < 0:
-            raise errors.InvalidAmount("too long", "amount")
+        cents = parse_amount(form["amount"])
     except errors.InvalidAmount as exc:
         return refusal_message(exc, form, account), "bad"
     if not form["to"]:
@@ -293,7 +286,7 @@ async def _preview_text(
             return refusal_message(errors.InsufficientFunds("", "amount"), form, account), "bad"
         return _after(account, format_amount(left)), "info"
     try:
-        to, _ = await _check(request, session, account, form)
+        to = await _check(request, session, account, form)
     except FormProblems as problems:
         return next(iter(problems.problems.values())), "bad"
     order = transfers.order(session.user_id, account["id"], to, form["amount"])

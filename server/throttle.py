@@ -122,17 +122,17 @@ class Throttle:
         self._take = redis.register_script(_TAKE)
         self._refund = redis.register_script(_REFUND)
 
-    def _keys(self, conn: HTTPConnection, username: str) -> tuple[str, int, str]:
+    def _keys(self, conn: HTTPConnection, username: str) -> tuple[str, int]:
         prefix = self.settings.redis_prefix
         account = f"{prefix}:login:acct:{_digest(username.lower())}"
         device = known_device(conn, self.settings, username)
         if device is not None:
-            return f"{account}:dev:{_digest(device)}", FREE_PER_DEVICE, device
-        return account, FREE_PER_ACCOUNT, ""
+            return f"{account}:dev:{_digest(device)}", FREE_PER_DEVICE
+        return account, FREE_PER_ACCOUNT
 
     async def attempt(self, conn: HTTPConnection, username: str) -> Attempt:
         """Take a slot to check a password, or RateLimited with how long to wait."""
-        account, free, _ = self._keys(conn, username)
+        account, free = self._keys(conn, username)
         address = f"{self.settings.redis_prefix}:login:addr:{client_address(conn)}"
         wait_ms = await self._take(
             keys=[account, address],
