@@ -108,7 +108,7 @@ async def form_response(
     session: Session,
     form: dict[str, Any],
     status_code: int,
-    sent: transfers.Sent | None = None,
+    sent: dict[str, Any] | None = None,
 ) -> Response:
     """htmx: the form alone, plus the row, balance and announcement of the new transfer.
     Without JavaScript: the whole account page with the form's errors."""
@@ -122,7 +122,7 @@ async def form_response(
         account=account, form=form, csrf_token=session.csrf_token
     )
     if sent is not None:
-        html += await send_form.event_html(request, session, row, sent.transfer_id)
+        html += send_form.event_html(request, session, row, sent)
     return fragments.html(html, status_code)
 
 

@@ -221,8 +221,8 @@ async def send(request: Request) -> Response:
         response: Response = RedirectResponse(f"/accounts/{account['id']}{query}", 303)
     else:
         fresh_form = new_form(idempotency_key=fresh)
-        await sent_state(request, session, fresh_form, sent.transfer_id, sent.replayed)
-        response = await pages.form_response(request, session, fresh_form, 202, sent)
+        now = await sent_state(request, session, fresh_form, sent.transfer_id, sent.replayed)
+        response = await pages.form_response(request, session, fresh_form, 202, now)
     # The transfer is known: the next form gets a new key.
     keep_key(request, response, account["id"], fresh)
     return response
@@ -245,17 +245,19 @@ async def _already_sent(request: Request, session: Session, key: str) -> str | N
 
 async def sent_state(
     request: Request, session: Session, form: dict[str, Any], transfer_id: str, replayed: bool
-) -> None:
-    """The form's status line for a transfer it sent: that transfer, as it is now."""
+) -> dict[str, Any] | None:
+    """The form's status line for a transfer it sent: that transfer, as it is now (also
+    returned, for the fragments that go with it)."""
     if replayed:
         form["message"] = {"tone": "replayed", "text": "Already sent — not charged twice."}
-        return
     try:
         row = await reads.visible_transfer(services(request).store, session.user_id, transfer_id)
     except errors.TransferNotFound:
-        return
-    if row["from_account"] == request.path_params["account_id"]:
-        form["sent"] = views.transfer_of(row)
+        return None
+    transfer = views.transfer_of(row)
+    if not replayed and row["from_account"] == request.path_params["account_id"]:
+        form["sent"] = transfer
+    return transfer
 
 
 async def preview(request: Request) -> Response:
@@ -301,15 +303,10 @@ def _after(account: Row, available: str) -> str:
     return f"After sending: {present.money(available, account['currency'])} available"
 
 
-async def event_html(request: Request, session: Session, account: Row, sent: Any) -> str:
+def event_html(request: Request, session: Session, account: Row, transfer: Any) -> str:
     """The row, balance, status line and announcement of a transfer the form just sent,
     as it is now (it may have settled already); a newer stream render wins."""
-    store = services(request).store
-    transfer = views.transfer_of(await reads.visible_transfer(store, session.user_id, sent))
-    balance = views.balance_of(account)
-    now = Event(
-        f"transfer.{transfer['status']}", account["id"], account["seq"], transfer, balance, 0
-    )
+    now = Event.of(f"transfer.{transfer['status']}", account, transfer, 0)
     return fragments.event_fragments(
         fragments.templates(request), now.message(), session.csrf_token
     )
