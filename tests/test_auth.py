@@ -138,10 +138,13 @@ async def test_every_failed_login_costs_one_scrypt(stack: Stack, settings: Setti
     hashlib.scrypt = counting
     try:
         async with httpx.AsyncClient(base_url=stack.base_url) as client:
+            costs = []
             for username in ("nobody-at-all", admin.BANK_USERNAME, alice.username):
                 calls.clear()
                 r = await attempt(client, username, "not-the-password")
                 assert r.status_code == 401, username
                 assert len(calls) == 1, f"{username}: {len(calls)} hashes"
+                costs.append(calls[0])
     finally:
         hashlib.scrypt = real
+    assert len(set(costs)) == 1, f"every failure hashes at one cost: {costs}"

@@ -28,7 +28,7 @@ async def guesses(client: httpx.AsyncClient, who: Customer, n: int) -> Counter[i
 async def test_simultaneous_guesses_get_at_most_the_free_checks(stack: Stack) -> None:
     alice = await stack.customer("0")
     statuses = await guesses(stack.client, alice, 20)
-    assert statuses[401] <= throttle.FREE_PER_ACCOUNT
+    assert statuses[401] == throttle.FREE_PER_ACCOUNT
     assert statuses[401] + statuses[429] == 20
 
 
@@ -41,7 +41,8 @@ async def test_the_right_password_among_many_wrong_ones_gets_no_extra_chance(
     bodies = [wrong] * 40 + [right]
     answers = await asyncio.gather(*(stack.client.post("/api/tokens", json=b) for b in bodies))
     statuses = Counter(r.status_code for r in answers)
-    assert statuses[401] + statuses[201] <= throttle.FREE_PER_ACCOUNT, statuses
+    assert statuses[401] + statuses[201] == throttle.FREE_PER_ACCOUNT, statuses
+    assert statuses[429] == len(bodies) - throttle.FREE_PER_ACCOUNT, statuses
     # And the lock holds: the right password now waits too.
     late = await stack.client.post("/api/tokens", json=right)
     assert late.status_code == 429 and int(late.headers["retry-after"]) >= 1
@@ -54,7 +55,8 @@ async def test_two_web_processes_share_one_throttle(
     other = create_app(settings, store=store)
     async with serve(other, settings) as url, httpx.AsyncClient(base_url=url, timeout=30) as b:
         one, two = await asyncio.gather(guesses(stack.client, alice, 10), guesses(b, alice, 10))
-    assert one[401] + two[401] <= throttle.FREE_PER_ACCOUNT
+    assert one[401] + two[401] == throttle.FREE_PER_ACCOUNT
+    assert one[401] + one[429] + two[401] + two[429] == 20, (one, two)
 
 
 async def test_each_attempt_past_the_free_ones_waits_twice_as_long(stack: Stack) -> None:
@@ -103,3 +105,14 @@ async def test_a_device_cookie_counts_only_for_its_own_account(stack: Stack) -> 
             await attempt(client, alice.username, "guess")
         r = await attempt(client, alice.username, "pw-" + alice.username)
         assert r.status_code == 429, "another account's cookie buys no attempts on alice"
+
+
+async def test_one_address_gets_its_free_checks_across_every_username(stack: Stack) -> None:
+    """Spreading guesses over many usernames does not multiply them: one address gets
+    FREE_PER_ADDRESS password checks in all, whatever the usernames."""
+    people = [await stack.customer("0") for _ in range(7)]
+    total: Counter[int] = Counter()
+    for who in people:  # 5 each: within every account's own free attempts
+        total += await guesses(stack.client, who, throttle.FREE_PER_ACCOUNT)
+    assert total[401] == throttle.FREE_PER_ADDRESS, total
+    assert total[429] == 7 * throttle.FREE_PER_ACCOUNT - throttle.FREE_PER_ADDRESS, total
