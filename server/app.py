@@ -30,7 +30,6 @@ from server import (
     ws,
 )
 from server.dispatch import Dispatcher
-from server.headers import SecurityHeaders
 from server.hub import Hub
 from server.limits import TransferRate
 from server.redisbox import redis_settings
@@ -111,7 +110,7 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
             Mount("/static", StaticFiles(directory=fragments.STATIC_DIR), name="static"),
             *pages.routes,
         ],
-        middleware=[Middleware(SecurityHeaders), Middleware(metrics.Observe)],
+        middleware=[Middleware(metrics.Observe)],
         exception_handlers={
             errors.SettleError: responses.refused,
             HTTPException: responses.http_error,

@@ -19,6 +19,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from server import headers
+
 log = logging.getLogger("settle.request")
 settle_log = logging.getLogger("settle.settlement")
 
@@ -130,7 +132,8 @@ def event_age_s(message: dict[str, Any]) -> float | None:
 
 class Observe:
     """ASGI middleware: one structured log line per HTTP request (never its headers or
-    query string, which may carry credentials), and the acceptance metrics. Handlers
+    query string, which may carry credentials), the acceptance metrics, and the
+    security headers of every response (``server.headers``). Handlers
     name the transfer a request concerns in ``request.state.transfer_id``, and set
     ``request.state.accepted`` when they accepted a new one."""
 
@@ -148,6 +151,7 @@ class Observe:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                headers.secure(message, scope)
             await send(message)
 
         try:
