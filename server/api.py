@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from server import auth, errors, metrics, reads, statements, text, transfers, views
+from server import auth, errors, ledger, metrics, reads, statements, text, transfers, views
 from server.auth import User
 from server.money import format_amount
 from server.responses import JSONResponse
@@ -209,21 +209,28 @@ def _whole(request: Request, name: str, default: int, least: int, most: int) -> 
     return int(raw)
 
 
-async def preview_transfer(request: Request) -> Response:
-    """What sending this transfer would leave on the sender's account, or why it would be
-    refused; nothing is written or reserved."""
-    user = await current_user(request)
-    data = await read_json(request)
+def _order(user: User, data: dict[str, Any], key: str | None = None) -> ledger.Order:
+    """A transfer's JSON body (and Idempotency-Key), checked: the same for a transfer and
+    for its preview."""
+    from_account = text_field(data, "from_account", max_len=64)
+    to_account = text_field(data, "to_account", max_len=64)
     if "amount" not in data:
         raise errors.InvalidAmount("amount is required", "amount")
-    order = transfers.order(
+    return transfers.order(
         user.id,
-        text_field(data, "from_account", max_len=64),
-        text_field(data, "to_account", max_len=64),
+        from_account,
+        to_account,
         data["amount"],
         text_field(data, "memo", max_len=MAX_MEMO, required=False),
-        guard_s=_guard_seconds(data),  # checked like the transfer's; a preview has no guard
+        key,
+        _guard_seconds(data),
     )
+
+
+async def preview_transfer(request: Request) -> Response:
+    """What sending this transfer would leave on the sender's account, or why it would be
+    refused; nothing is written or reserved (a guard asked for is checked, not applied)."""
+    order = _order(await current_user(request), await read_json(request))
     result = await transfers.preview(services(request), order)
     error = None if result.error is None else result.error.to_dict()["error"]
     return JSONResponse({"balance_after": result.balance_after, "error": error})
@@ -231,20 +238,7 @@ async def preview_transfer(request: Request) -> Response:
 
 async def create_transfer(request: Request) -> Response:
     user = await current_user(request)
-    data = await read_json(request)
-    from_account = text_field(data, "from_account", max_len=64)
-    to_account = text_field(data, "to_account", max_len=64)
-    if "amount" not in data:
-        raise errors.InvalidAmount("amount is required", "amount")
-    order = transfers.order(
-        user.id,
-        from_account,
-        to_account,
-        data["amount"],
-        text_field(data, "memo", max_len=MAX_MEMO, required=False),
-        request.headers.get("idempotency-key"),
-        _guard_seconds(data),
-    )
+    order = _order(user, await read_json(request), request.headers.get("idempotency-key"))
     sent = await transfers.send(services(request), order)
     metrics.note(request, sent.transfer_id, accepted=not sent.replayed)
     headers = {"Idempotent-Replayed": "true"} if sent.replayed else None
