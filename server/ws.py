@@ -19,7 +19,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from server import auth, reads
 from server.events import PING
-from server.hub import STOP, Outgoing, Subscription
+from server.hub import Subscription
+from server.inbox import STOP, Outgoing
 from server.services import services
 
 log = logging.getLogger("settle.ws")

@@ -9,7 +9,8 @@ from typing import Any
 from redis.asyncio import Redis
 
 from server.dispatch import channel
-from server.hub import RESYNC, Hub, Outgoing, Subscription
+from server.hub import Hub, Subscription
+from server.inbox import RESYNC, Outgoing
 from server.settings import Settings
 from server.store import Store
 from tests.conftest import Stack
