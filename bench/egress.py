@@ -40,9 +40,9 @@ from redis.asyncio import Redis
 from bench import seed
 from bench.sockets import close_all, subscribe
 from bench.stack import REPO, free_port, redis_server, settle_env, stop, wait_http
-from server import passwords
-from server.dispatch import channel
+from server.live.dispatch import channel
 from server.settings import Settings
+from server.web import passwords
 
 PREFIX = "bench-egress"
 

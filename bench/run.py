@@ -43,7 +43,7 @@ import uvloop
 from bench import loadgen, report, seed, worker_idle
 from bench.live import SENDERS, drive, fan_out
 from bench.seed import User
-from bench.settlement import settle_queued
+from bench.settlement import settle_queued, settle_queued_through
 from bench.sockets import close_all, subscribe_many
 from bench.stack import (
     REPO,
@@ -56,6 +56,7 @@ from bench.stack import (
     lag_between,
     lag_buckets,
     pending,
+    postgres_database,
     redis_server,
     rss_kib,
     running,
@@ -65,9 +66,9 @@ from bench.stack import (
     wait_http,
 )
 from bench.stats import summary
-from server import passwords, sessions
-from server.schema import now_us, transfers
 from server.store import Store
+from server.store.schema import now_us, transfers
+from server.web import passwords, sessions
 
 RESULTS = REPO / "bench" / "results"
 # Acceptance load: 4 users per client, so that the per-user rate limit (100/s) never binds.
@@ -89,13 +90,22 @@ class Plan:
     history: int  # completed transfers in the large database (two ledger entries each)
     history_users: int
     page_requests: int
+    settle_pg: int  # queued transfers one worker settles, PostgreSQL
     clients: int = 16
-    rate: int = 500
+    # The window is measured at this share of the acceptance capacity just measured,
+    # and at a quiet rate (transfers/s).
+    load_share: float = 0.5
+    quiet_rate: int = 20
     fanout: int = 1000
+    # The minimal endpoint's latency at a fixed rate, which latencies are compared with.
+    ceiling_rate: int = 500
+    # The window at these fixed rates too (``--also-at``: to compare with a run of
+    # another version, on the same machine, at the same rates).
+    also_at: tuple[float, ...] = ()
 
 
-FULL = Plan("full", 10, 2, 10_000, 5, 20_000, 500_000, 1000, 200)
-QUICK = Plan("quick", 3, 1, 1_000, 3, 5_000, 25_000, 200, 50)
+FULL = Plan("full", 10, 2, 10_000, 5, 20_000, 500_000, 1000, 200, 10_000)
+QUICK = Plan("quick", 3, 1, 1_000, 3, 5_000, 25_000, 200, 50, 2_000)
 
 
 def log(message: str) -> None:
@@ -129,7 +139,7 @@ async def ceiling(var: Path, plan: Plan) -> dict[str, Any]:
             await pool.send(make(0, i))
             at_rate.append((time.perf_counter() - t0) * 1000)
 
-        await loadgen.at_rate(plan.rate, plan.seconds, one)
+        await loadgen.at_rate(plan.ceiling_rate, plan.seconds, one)
         pool.close()
         idle = await idle_memory(f"http://{host}", proc.pid, plan.idle, [("acc_a", "stl_x")])
         log(f"ceiling: {idle['bytes_per_connection'] / 1000:.1f} KB per idle WebSocket")
@@ -176,6 +186,27 @@ async def accept_load(stack: Stack, users: Sequence[User], plan: Plan) -> loadge
     return await loadgen.closed_loop(
         "127.0.0.1", stack.settings.port, plan.clients, plan.seconds, make, plan.warmup_s
     )
+
+
+async def window(
+    stack: Stack, live: Sequence[User], rate: float, seconds: float, label: str
+) -> tuple[dict[str, Any], dict[str, list[float]]]:
+    """Transfers started at ``rate``/s for ``seconds``: POST start → 202, →
+    ``transfer.pending`` and → ``transfer.completed`` at the sender's subscriber."""
+    lat = await drive(stack, live[:SENDERS], live[SENDERS], rate, seconds)
+    out: dict[str, Any] = {
+        "rate": rate,
+        "failed": lat.failed,
+        "accepted": summary(lat.accepted),
+        "pending": summary(lat.pending),
+        "completed": summary(lat.completed),
+    }
+    log(
+        f"{label}live at {rate:,.0f}/s: pending p99 {out['pending']['p99']:.1f} ms,"
+        f" completed p50 {out['completed']['p50']:.1f} / p99 {out['completed']['p99']:.1f} ms"
+    )
+    samples = {"accepted": lat.accepted, "pending": lat.pending, "completed": lat.completed}
+    return out, samples
 
 
 async def transfer_count(store: Store) -> int:
@@ -376,24 +407,13 @@ async def main_stack(var: Path, redis_url: str, plan: Plan, profile: bool) -> di
                 f"acceptance: {run.rate:,.0f}/s, p99 {out['acceptance']['p99']:.1f} ms,"
                 f" web CPU {out['acceptance']['web_cpu_ms_per_transfer']:.2f} ms a transfer"
             )
+            half = run.rate * plan.load_share
             with profiled(stack, plan.seconds, profile):
-                lat = await drive(stack, live[:SENDERS], live[SENDERS], plan.rate, plan.seconds)
-            out["live"] = {
-                "rate": plan.rate,
-                "failed": lat.failed,
-                "accepted": summary(lat.accepted),
-                "pending": summary(lat.pending),
-                "completed": summary(lat.completed),
-            }
-            out["samples"] = {
-                "accepted": lat.accepted,
-                "pending": lat.pending,
-                "completed": lat.completed,
-            }
-            log(
-                f"live at {plan.rate}/s: completed p50 {out['live']['completed']['p50']:.1f} ms,"
-                f" p99 {out['live']['completed']['p99']:.1f} ms"
-            )
+                out["live"], out["samples"] = await window(stack, live, half, plan.seconds, "")
+            out["live_quiet"], _ = await window(stack, live, plan.quiet_rate, plan.seconds, "")
+            out["live_at"] = [
+                (await window(stack, live, rate, plan.seconds, ""))[0] for rate in plan.also_at
+            ]
             ms = await fan_out(stack, fan[0], fan[1], plan.fanout, plan.fanout_events)
             out["fanout"] = {
                 "subscribers": plan.fanout,
@@ -410,6 +430,52 @@ async def main_stack(var: Path, redis_url: str, plan: Plan, profile: bool) -> di
             out["pages"] = await page_times(stack, store, load[0], plan.page_requests)
         out["audit"] = audit(stack.env)
     return out
+
+
+async def pg_stack(var: Path, redis_url: str, plan: Plan, server: str) -> dict[str, Any] | None:
+    """The same acceptance, window and settlement on PostgreSQL, when one answers at
+    ``server`` (a database of our own, dropped after); None when none does."""
+    async with postgres_database(server) as url:
+        if url is None:
+            log(f"no PostgreSQL at {server}: its figures are skipped")
+            return None
+        out: dict[str, Any] = {}
+        with running(var, redis_url, url, "pg", extra=STACK_ENV) as stack:
+            async with connected(stack.settings) as store:
+                load = await seed.users_through(store, LOAD_USERS, "pgload")
+                live = await seed.users_through(store, SENDERS + 1, "pglive")
+                created, cpu = await transfer_count(store), cpu_seconds(stack.pid("web"))
+                run = await accept_load(stack, load, plan)
+                cpu, created = (
+                    cpu_seconds(stack.pid("web")) - cpu,
+                    await transfer_count(store) - created,
+                )
+                out["acceptance"] = {
+                    **run.to_json(),
+                    "web_cpu_ms_per_transfer": cpu * 1000 / max(created, 1),
+                }
+                await drain(stack, store)
+                log(
+                    f"PostgreSQL: acceptance {run.rate:,.0f}/s, p99"
+                    f" {out['acceptance']['p99']:.1f} ms, web CPU"
+                    f" {out['acceptance']['web_cpu_ms_per_transfer']:.2f} ms a transfer"
+                )
+                half = run.rate * plan.load_share
+                out["live"], _ = await window(stack, live, half, plan.seconds, "PostgreSQL: ")
+                out["live_quiet"], _ = await window(
+                    stack, live, plan.quiet_rate, plan.seconds, "PostgreSQL: "
+                )
+                out["live_at"] = [
+                    (await window(stack, live, rate, plan.seconds, "PostgreSQL: "))[0]
+                    for rate in plan.also_at
+                ]
+                await drain(stack, store)
+                out["settlement"] = await settle_queued_through(
+                    stack, store, [u.account for u in load], plan.settle_pg
+                )
+                log(f"PostgreSQL: settlement {out['settlement']['rate']:,.0f}/s")
+            out["audit"] = audit(stack.env)
+        return out
 
 
 async def cost_stack(var: Path, redis_url: str, plan: Plan) -> dict[str, Any]:
@@ -492,8 +558,22 @@ async def main() -> None:
     p.add_argument("--quick", action="store_true", help="under a minute, at smaller scale")
     p.add_argument("--profile", action="store_true", help="py-spy the live run at the plan's rate")
     p.add_argument("--skip-cost", action="store_true", help="no large-database figures")
+    p.add_argument(
+        "--pg",
+        default=os.environ.get("TEST_DATABASE_URL")
+        or "postgresql://postgres@127.0.0.1:5432/postgres",
+        help="a PostgreSQL server for its figures (skipped when none answers)",
+    )
+    p.add_argument(
+        "--also-at",
+        type=float,
+        nargs="+",
+        default=[],
+        metavar="RATE",
+        help="measure the window at these transfers/s too",
+    )
     args = p.parse_args()
-    plan = QUICK if args.quick else FULL
+    plan = dataclasses.replace(QUICK if args.quick else FULL, also_at=tuple(args.also_at))
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     # Each side of the idle sockets (this process, the web process) holds one per socket.
@@ -516,6 +596,9 @@ async def main() -> None:
         log(f"{plan.name} run in {var}")
         results["ceiling"] = await ceiling(var, plan)
         results["settle"] = await main_stack(var, redis_url, plan, args.profile)
+        on_pg = await pg_stack(var, redis_url, plan, args.pg)
+        if on_pg is not None:
+            results["postgresql"] = on_pg
         if not args.skip_cost:
             results["large"] = await cost_stack(var, redis_url, plan)
         log("idle worker: CPU with nothing to do, then pickup of jobs enqueued one by one")

@@ -12,6 +12,7 @@ event is exactly what the live stream would have sent.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import random
 import secrets
 import sqlite3
@@ -19,9 +20,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from server import admin, auth, chain, migrate, passwords, views
-from server.events import Event
-from server.schema import new_id, now_us
+import msgspec
+
+from server.domain import chain
+from server.domain.events import Event
+from server.domain.model import Account, Balance, LedgerAccount, Transfer
+from server.domain.settlement import slot_of
+from server.store import Store, migrate
+from server.store import accounts as admin
+from server.store.schema import new_id, now_us
+from server.web import auth, passwords
 
 DEPOSIT = 1_000_000_00
 TOKEN_TTL_US = 24 * 3600 * 1_000_000
@@ -30,9 +38,9 @@ PENDING_TTL_US = 24 * 3600 * 1_000_000
 _INSERT = {
     "transfers": "INSERT INTO transfers (id, from_account, to_account, amount, currency, memo,"
     " status, failure_reason, created_by, created_at, settled_at, from_name, to_name, kind,"
-    " expires_at) VALUES (:id, :from_account, :to_account, :amount, :currency, :memo, :status,"
-    " :failure_reason, :created_by, :created_at, :settled_at, :from_name, :to_name, :kind,"
-    " :expires_at)",
+    " expires_at, slot, pending_since) VALUES (:id, :from_account, :to_account, :amount,"
+    " :currency, :memo, :status, :failure_reason, :created_by, :created_at, :settled_at,"
+    " :from_name, :to_name, :kind, :expires_at, :slot, :created_at)",
     "ledger_entries": "INSERT INTO ledger_entries (transfer_id, account_id, amount, created_at,"
     " seq, balance_after, prev_hash, hash) VALUES (:transfer_id, :account_id, :amount,"
     " :created_at, :seq, :balance_after, :prev_hash, :hash)",
@@ -86,8 +94,9 @@ class Seeder:
         self._begin()
         funding = self._funding(at)
         self.conn.executemany(
-            "INSERT INTO users (id, username, password_hash, created_at) VALUES (?, ?, ?, ?)",
-            [(u.id, u.name, password, at) for u in made],
+            "INSERT INTO users (id, username, username_lower, password_hash, created_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            [(u.id, u.name, u.name.lower(), password, at) for u in made],
         )
         self.conn.executemany(
             "INSERT INTO accounts (id, user_id, name, currency, kind, status, created_at)"
@@ -167,8 +176,9 @@ class Seeder:
         bank_id = row["id"] if row is not None else new_id("usr")
         if row is None:
             self.conn.execute(
-                "INSERT INTO users (id, username, password_hash, created_at) VALUES (?, ?, '!', ?)",
-                (bank_id, admin.BANK_USERNAME, at),
+                "INSERT INTO users (id, username, username_lower, password_hash, created_at)"
+                " VALUES (?, ?, ?, '!', ?)",
+                (bank_id, admin.BANK_USERNAME, admin.BANK_USERNAME, at),
             )
         account = new_id("acc")
         self.conn.execute(
@@ -194,23 +204,47 @@ class Seeder:
             "created_by": self.accounts[src]["user_id"],
             "created_at": at,
             "settled_at": at + 2000 if status == "completed" else None,
-            "from_name": views.party_name(self.accounts[src]),
-            "to_name": views.party_name(self.accounts[dst]),
+            "from_name": Account.of(self.accounts[src]).party_name,
+            "to_name": Account.of(self.accounts[dst]).party_name,
             "kind": "deposit" if self.accounts[src]["kind"] == "funding" else "transfer",
             "expires_at": at + PENDING_TTL_US,
+            "slot": slot_of(src),
         }
         self.rows["transfers"].append(row)
         a, b = self.accounts[src], self.accounts[dst]
         if status == "completed":
             for account, change in ((a, -amount), (b, amount)):
-                entry = chain.append(account, row["id"], change, row["settled_at"])
-                self.rows["ledger_entries"].append(entry)
+                ledger_account = LedgerAccount.of(account)
+                entry = chain.append(ledger_account, row["id"], change, row["settled_at"])
+                account.update(
+                    posted=ledger_account.posted,
+                    entries=ledger_account.entries,
+                    chain_head=ledger_account.chain_head,
+                )
+                self.rows["ledger_entries"].append(msgspec.structs.asdict(entry))
         else:
             a["pending_debits"] += amount
             b["pending_credits"] += amount
-        transfer = views.transfer_of(row)
+        transfer = Transfer.of(row)
         for account in (a, b):
             account["seq"] += 1
-            event = Event.of(f"transfer.{status}", account, transfer, at)
+            event = Event.of_transfer(
+                transfer, account["id"], account["seq"], Balance.of(account), at
+            )
             self.rows["account_events"].append(event.log_row())
         return str(row["id"])
+
+
+async def users_through(store: Store, n: int, prefix: str, deposit: int = DEPOSIT) -> list[User]:
+    """n users with one funded account and an API token each, written through the store
+    (PostgreSQL as much as SQLite), so slower than ``Seeder.users``."""
+    made = []
+    for i in range(n):
+        user_id, account = await admin.create_user(store, f"{prefix}{i}", "-")
+        await store.transaction(
+            functools.partial(admin.deposit, account_id=account, amount=deposit)
+        )
+        made.append(
+            User(user_id, f"{prefix}{i}", account, await auth.issue_token(store, user_id, 86_400))
+        )
+    return made

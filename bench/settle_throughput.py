@@ -3,11 +3,11 @@ PostgreSQL (when one is reachable).
 
 For each database, N transfers among A funded accounts are accepted once through
 ``ledger.accept`` into a seed database; each run starts from a copy of it (SQLite:
-the backup API; PostgreSQL: CREATE DATABASE ... TEMPLATE), enqueues one settlement job per
-transfer with no worker running, then starts W workers and times from their start until
-no transfer is pending (the database polled every 50 ms). "window" is first to last
-settled_at, i.e. without process start-up. The sweeper is pushed out of the way
-(SETTLE_SWEEP_AFTER_MS=1h): the seed's transfers are old, and this measures the job path.
+the backup API; PostgreSQL: CREATE DATABASE ... TEMPLATE), starts W workers, waits until
+they are all alive, rings every settlement partition at once and times from the ring
+until no transfer is pending (the database polled every 50 ms). "window" is first to last
+settled_at. The sweeper is pushed out of the way (SETTLE_SWEEP_AFTER_MS=1h): the seed's
+transfers are old, and this measures the drainers.
 
 Redis is the bundled redis-server in a temporary directory; the PostgreSQL databases are
 our own, created and dropped.
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import functools
 import os
 import random
 import sqlite3
@@ -32,14 +33,16 @@ from pathlib import Path
 import sqlalchemy as sa
 from arq import create_pool
 
-from bench.stack import connected, pending, redis_server, start, stop
-from server import admin, ledger, passwords
-from server.audit import audit
-from server.dispatch import Dispatcher
+from bench.stack import connected, pending, redis_server, start, stop, wait_crew
+from server.domain.ledger import Order
+from server.live.dispatch import Dispatcher
 from server.redisbox import redis_settings
-from server.schema import new_id, now_us, transfers
 from server.settings import Settings
-from server.store import create_schema
+from server.store import accounts as admin
+from server.store import create_schema, ledger
+from server.store.audit import audit
+from server.store.schema import new_id, now_us, transfers
+from server.web import passwords
 
 DEPOSIT = 1_000_000_00
 
@@ -83,7 +86,9 @@ async def seed(settings: Settings, n: int, accounts: int) -> None:
         owners: list[tuple[str, str]] = []
         for i in range(accounts):
             user_id, account = await admin.create_user(store, f"bench{i}", password)
-            await admin.deposit(store, account, DEPOSIT)
+            await store.transaction(
+                functools.partial(admin.deposit, account_id=account, amount=DEPOSIT)
+            )
             owners.append((user_id, account))
         pairs = [rng.sample(owners, 2) for _ in range(n)]
         # PostgreSQL takes concurrent acceptances (a pool); SQLite serializes them anyway.
@@ -91,7 +96,7 @@ async def seed(settings: Settings, n: int, accounts: int) -> None:
 
         async def accept(src: tuple[str, str], dst: tuple[str, str]) -> None:
             async with gate:
-                order = ledger.Order(src[0], src[1], dst[1], rng.randint(1, 100))
+                order = Order(src[0], src[1], dst[1], rng.randint(1, 100))
                 await store.transaction(
                     lambda conn: ledger.accept(conn, order, new_id("tr"), now_us())
                 )
@@ -102,21 +107,8 @@ async def seed(settings: Settings, n: int, accounts: int) -> None:
 async def run(settings: Settings, case: Case, give_up_s: float, log_dir: Path) -> Row:
     label = f"{case.database}-b{case.batch}-w{case.workers}"
     async with connected(settings) as store:
-        ids = [
-            r["id"]
-            for r in await store.fetch_all(
-                sa.select(transfers.c.id).where(transfers.c.status == "pending")
-            )
-        ]
+        n = await pending(store)
         assert settings.redis_url is not None
-        redis = await create_pool(redis_settings(settings, settings.redis_url))
-        try:
-            # Our private server: arq's job keys (arq:job:settle:<id>) are not under the
-            # prefix, and every run's copy of the seed holds the same transfer ids.
-            await redis.flushdb()
-            await Dispatcher(redis, settings).enqueue_settlement(ids)
-        finally:
-            await redis.aclose()
         env = {
             **os.environ,
             "DATABASE_URL": settings.database_url,
@@ -128,9 +120,15 @@ async def run(settings: Settings, case: Case, give_up_s: float, log_dir: Path) -
             "SETTLE_BATCH_SIZE": str(case.batch),
         }
         log = log_dir / f"{label}-workers.log"
-        started = time.perf_counter()
         procs = [start("server.cli", "worker", env=env, log=log) for _ in range(case.workers)]
         try:
+            await wait_crew(settings, case.workers)
+            redis = await create_pool(redis_settings(settings, settings.redis_url))
+            dispatch = Dispatcher(redis, settings)
+            started = time.perf_counter()
+            await dispatch.ring(range(settings.settle_partitions))
+            await dispatch.close()
+            await redis.aclose()
             left = await pending(store)
             while left and time.perf_counter() - started < give_up_s:
                 if any(p.poll() is not None for p in procs):
@@ -150,7 +148,7 @@ async def run(settings: Settings, case: Case, give_up_s: float, log_dir: Path) -
         report = await audit(store)
         assert report.ok, report.render()
     window = 0.0 if first is None else (last - first) / 1e6
-    return Row(case.database, case.batch, case.workers, len(ids), seconds, window, left)
+    return Row(case.database, case.batch, case.workers, n, seconds, window, left)
 
 
 async def sqlite_rows(tmp: Path, redis_url: str, args: argparse.Namespace) -> list[Row]:

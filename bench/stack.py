@@ -14,6 +14,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 
@@ -24,9 +25,9 @@ from redis.asyncio import Redis as AsyncRedis
 
 from bench import loadgen
 from server.redisbox import start_redis_server, stop_redis_server
-from server.schema import transfers
 from server.settings import Settings
 from server.store import Store, open_store
+from server.store.schema import transfers
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET_KEY = "bench-secret-key"  # noqa: S105 (a throwaway deployment on loopback)
@@ -49,11 +50,12 @@ def redis_server(var: Path) -> Iterator[str]:
 
 
 def settle_env(
-    var: Path, redis_url: str, database: Path, port: int, prefix: str, **extra: str
+    var: Path, redis_url: str, database: Path | str, port: int, prefix: str, **extra: str
 ) -> dict[str, str]:
+    """A deployment's environment; ``database`` a SQLite file, or a PostgreSQL URL."""
     return {
         **os.environ,
-        "DATABASE_URL": f"sqlite:///{database}",
+        "DATABASE_URL": database if isinstance(database, str) else f"sqlite:///{database}",
         "REDIS_URL": redis_url,
         "SECRET_KEY": SECRET_KEY,
         "SETTLE_VAR_DIR": str(var),
@@ -141,6 +143,30 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_seconds_named(name: str) -> float:
+    """User plus system CPU time used so far by every process called ``name`` (its
+    ``comm``: "postgres" for each PostgreSQL backend), those that ended uncounted."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue  # ended meanwhile
+        comm = text[text.index("(") + 1 : text.rindex(")")]
+        if comm == name:
+            fields = text.rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, all cores together."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    tick = os.sysconf("SC_CLK_TCK")
+    return (sum(fields[:8]) - idle) / tick, sum(fields[:8]) / tick
+
+
 def wait_worker(settings: Settings, proc: subprocess.Popen[bytes], log: Path) -> None:
     """Until the arq worker has polled its queue once (it then writes its health key)."""
     client = redis.Redis.from_url(settings.redis_url or "")
@@ -183,7 +209,7 @@ class Stack:
 def running(
     var: Path,
     redis_url: str,
-    database: Path,
+    database: Path | str,
     name: str,
     worker: bool = True,
     extra: dict[str, str] | None = None,
@@ -235,19 +261,24 @@ async def pending(store: Store) -> int:
 
 
 async def drain(stack: Stack, store: Store, limit_s: float = 300) -> float:
-    """Until nothing is pending and no settlement job is left in the queue (each job
-    settles every due transfer it finds, so a leftover one would settle what a benchmark
-    seeds next); how long that took."""
+    """Until nothing is pending; how long that took."""
     started = time.perf_counter()
-    client = AsyncRedis.from_url(stack.settings.redis_url or "")
+    while time.perf_counter() - started < limit_s and await pending(store):  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+    return time.perf_counter() - started
+
+
+async def wait_crew(settings: Settings, workers: int, limit_s: float = 60) -> None:
+    """Until ``workers`` worker processes say they are alive (``jobs.drainer.Crew``)."""
+    client = AsyncRedis.from_url(settings.redis_url or "")
+    started = time.perf_counter()
     try:
-        while time.perf_counter() - started < limit_s:
-            if not await pending(store) and not await client.zcard(stack.settings.queue_name):
-                break
+        while await client.hlen(f"{settings.redis_prefix}:workers") < workers:
+            if time.perf_counter() - started > limit_s:
+                raise RuntimeError(f"{workers} workers did not start in {limit_s} s")
             await asyncio.sleep(0.05)
     finally:
         await client.aclose()
-    return time.perf_counter() - started
 
 
 def rss_kib(pid: int) -> int:
@@ -256,3 +287,26 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+@contextlib.asynccontextmanager
+async def postgres_database(server: str) -> AsyncIterator[str | None]:
+    """A database of our own on the PostgreSQL ``server`` (created, and dropped after);
+    its URL, or None when no server answers there."""
+    import asyncpg
+
+    server = server.replace("postgresql+asyncpg://", "postgresql://")
+    name = f"settle_bench_{uuid.uuid4().hex[:10]}"
+    try:
+        admin = await asyncpg.connect(server, timeout=3)
+    except (OSError, asyncpg.PostgresError):
+        yield None
+        return
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield server.rsplit("/", 1)[0] + "/" + name
+        finally:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()

@@ -1,12 +1,13 @@
-"""An idle worker's cost and how soon it picks up a new job.
+"""An idle worker's cost, and how soon a transfer's settlement starts after its commit.
 
 ``settle web`` and ``settle worker`` run as subprocesses on a fresh SQLite database and
-the bundled redis-server. With nothing to do, the worker's CPU time (``/proc/<pid>/stat``
-utime + stime) over ``--seconds`` gives its idle cost as a percentage of one core. Then
-jobs are enqueued one at a time, the way the web process does (``Dispatcher``), with a
-pause between them so the worker is idle each time; pickup is the time from handing the
-job to Redis to the worker claiming it (arq's ``in-progress`` key being set, seen through
-a keyspace notification: a slight overestimate, never an underestimate).
+the bundled redis-server. A first transfer starts its partition's drainer; with nothing
+more to do, the worker's CPU time (``/proc/<pid>/stat`` utime + stime) over ``--seconds``
+gives its idle cost as a percentage of one core (the drainer waiting on its doorbell,
+arq looking at its queue). Then transfers are sent one at a time through the API, with a
+pause between them so the drainer is idle each time; each one's ``settled_in_ms`` is the
+time from its acceptance's commit to its settlement (the batch's time, taken once its
+accounts are locked: a slight overestimate of when settling it started).
 
 ``--ab DIR`` runs the worker of another source tree (a checkout of main, say) too,
 interleaved A, B, A, B in the same conditions, for a before/after comparison.
@@ -28,14 +29,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import uvloop
-from arq import create_pool
-from redis.asyncio import Redis
 
+from bench import seed
+from bench.seed import User
 from bench.stack import REPO, free_port, redis_server, settle_env, stop, wait_http, wait_worker
 from bench.stats import summary
-from server.dispatch import Dispatcher, job_id
-from server.redisbox import redis_settings
 from server.settings import Settings
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -86,55 +86,57 @@ async def idle_cpu(pid: int, seconds: float) -> float:
     return 100 * (cpu_s(pid) - before) / (time.perf_counter() - started)
 
 
-async def pickups(settings: Settings, n: int, pause_s: float) -> list[float]:
-    """Milliseconds from enqueueing each of ``n`` jobs to the worker claiming it."""
-    assert settings.redis_url is not None
-    pool = await create_pool(redis_settings(settings, settings.redis_url))
-    listener = Redis.from_url(settings.redis_url)
-    await listener.config_set("notify-keyspace-events", "K$")
-    pubsub = listener.pubsub()
-    await pubsub.psubscribe(f"__keyspace@*__:arq:in-progress:{job_id(settings, 'pickup')}*")
-    dispatch = Dispatcher(pool, settings)
+async def pickups(stack_url: str, users: list[User], n: int, pause_s: float) -> list[float]:
+    """Milliseconds from each of ``n`` transfers' acceptance (its commit) to its
+    settlement (the time its batch was planned, once its accounts were locked), sent one
+    at a time through the API with a pause between them, so the drainer is idle, waiting
+    on its doorbell, each time: a transfer's own ``settled_in_ms``."""
     out: list[float] = []
-    try:
-        while await pubsub.get_message(timeout=0.5) is not None:
-            pass  # the subscription's confirmation
-        for i in range(n):
+    sender, recipient = users
+    headers = {"Authorization": f"Bearer {sender.token}"}
+    body = {"from_account": sender.account, "to_account": recipient.account, "amount": "0.01"}
+    async with httpx.AsyncClient(base_url=stack_url, headers=headers, timeout=30) as client:
+        for _ in range(n):
             await asyncio.sleep(pause_s)
-            key = f"pickup{i:06d}"
-            started = time.perf_counter()
-            await dispatch.enqueue_settlement([key])
-            while True:
-                msg = await pubsub.get_message(timeout=5)
-                if msg is None:
-                    raise RuntimeError(f"job {key} not picked up within 5 s")
-                if msg["type"] == "pmessage" and msg["data"] == b"set":
-                    if msg["channel"].decode().endswith(key):
-                        break
-            out.append((time.perf_counter() - started) * 1000)
-    finally:
-        await pubsub.aclose()
-        await listener.aclose()
-        await dispatch.close()
-        await pool.aclose()
+            sent = await client.post("/api/transfers", json=body)
+            assert sent.status_code == 202, sent.text
+            tid = sent.json()["id"]
+            for _ in range(500):
+                seen = (await client.get(f"/api/transfers/{tid}")).json()
+                if seen["settled_in_ms"] is not None:
+                    out.append(float(seen["settled_in_ms"]))
+                    break
+                await asyncio.sleep(0.01)
+            else:
+                raise RuntimeError(f"transfer {tid} not settled within 5 s")
     return out
 
 
 async def measure(
     var: Path, redis_url: str, seconds: float = 10, n: int = 200, src: Path = REPO, name: str = ""
 ) -> dict[str, Any]:
-    """One worker's idle CPU (% of a core over ``seconds``) and pickup latency (ms)."""
-    with deployment(var, redis_url, name or "idle", src) as (settings, pid):
-        await asyncio.sleep(1)  # past the start-up (the sweeper's first run, imports)
+    """One worker's idle CPU (% of a core over ``seconds``), its partition's drainer
+    started and waiting, and commit → settlement of transfers sent one by one (ms)."""
+    label = name or "idle"
+    db = var / f"{label}.db"
+    seed.create(db)
+    seeder = seed.Seeder(db)
+    users = seeder.users(2, f"{label}-")
+    seeder.close()
+    with deployment(var, redis_url, label, src) as (settings, pid):
+        # The first transfer starts its partition's drainer (the worker's first look at
+        # its queue); from then on it waits on its doorbell, as an idle worker does.
+        await pickups(f"http://127.0.0.1:{settings.port}", users, 1, 0)
+        await asyncio.sleep(1)
         cpu = await idle_cpu(pid, seconds)
-        latencies = await pickups(settings, n, 0.02)
+        latencies = await pickups(f"http://127.0.0.1:{settings.port}", users, n, 0.02)
     return {"idle_cpu_pct": cpu, "seconds": seconds, "pickup_ms": summary(latencies)}
 
 
 async def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=10, help="idle CPU sampled this long")
-    p.add_argument("--pickups", type=int, default=200, help="jobs enqueued one at a time")
+    p.add_argument("--pickups", type=int, default=200, help="transfers sent one at a time")
     p.add_argument("--ab", type=Path, help="another source tree, measured interleaved")
     p.add_argument("--rounds", type=int, default=2, help="A/B rounds with --ab")
     args = p.parse_args()
@@ -146,8 +148,8 @@ async def main() -> None:
                 pk = res["pickup_ms"]
                 print(
                     f"{label:5} ({src}): idle CPU {res['idle_cpu_pct']:.2f}% of a core over"
-                    f" {args.seconds:g} s; pickup p50 {pk['p50']:.2f} / p99 {pk['p99']:.2f} /"
-                    f" max {pk['max']:.2f} ms ({args.pickups} jobs)",
+                    f" {args.seconds:g} s; commit → settlement p50 {pk['p50']:.2f} / p99"
+                    f" {pk['p99']:.2f} / max {pk['max']:.2f} ms ({args.pickups} transfers)",
                     flush=True,
                 )
 

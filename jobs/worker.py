@@ -1,8 +1,11 @@
-"""The arq worker: settlement jobs and the sweeper.
+"""The arq worker: settlement drainers and the sweeper.
 
-The flow of one transfer here: ``settle_transfer`` (enqueued by the web process after the
-acceptance commit) → ``transfers.settle`` (one transaction for a batch of due transfers,
-then publish their events).
+The flow of one transfer here: a ring of its partition (after the acceptance commit)
+wakes that partition's drainer (``jobs.drainer.drain``, a long-lived arq job) or queues
+one → ``transfers.settle`` (one transaction for a batch of the partition's due
+transfers, then publish their events). A plain ``arq.Worker``: its queue holds only
+drainers being started and the sweeper's runs, so it looks at it every
+``SETTLE_WORKER_POLL_MS``; a running drainer is woken by the ring itself.
 """
 
 from __future__ import annotations
@@ -10,25 +13,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
-from arq import Retry, Worker, cron
-from arq.connections import RedisSettings, create_pool, log_redis_info
-from arq.constants import in_progress_key_prefix
-from arq.utils import timestamp_ms
-from redis.commands.core import AsyncScript
+from arq import Worker, cron, func
+from arq.connections import RedisSettings
 from redis.exceptions import RedisError
 
-from server import reads, settlement, transfers
-from server.dispatch import SETTLE_JOB, Dispatcher, wake_channel
+from jobs.drainer import Crew, drain
+from server.domain.clock import now_us
+from server.domain.settlement import partition_of
+from server.live.dispatch import DRAIN_JOB, Dispatcher
 from server.redisbox import redis_settings
-from server.schema import now_us
 from server.settings import Settings
-from server.store import Store, open_store, unavailable
+from server.store import Store, open_store, reads, settlement
+from server.usecases import transfers
+from server.usecases.context import Context
 
 log = logging.getLogger("settle.worker")
 
 RESTART_PAUSE_S = 0.2
+# A drainer's job may run this much past its lifetime (a batch in flight, its handover).
+DRAIN_MARGIN_S = 60
 
 
 async def startup(ctx: dict[str, Any]) -> None:
@@ -38,201 +44,54 @@ async def startup(ctx: dict[str, Any]) -> None:
         await store.connect()
         ctx["store"], ctx["own_store"] = store, True
     ctx["dispatch"] = Dispatcher(ctx["redis"], settings)
-    # PostgreSQL: this worker's settlements take turns, each waiting for the database's
-    # settlement lock, instead of all trying it and retrying (``transfers.settle``).
-    # SQLite: none; concurrent settlements share the store's group commits.
-    ctx["turn"] = None if ctx["store"].is_sqlite else asyncio.Lock()
+    ctx["usecases"] = Context(settings, ctx["store"], ctx["dispatch"])
+    ctx["crew"] = crew = Crew(ctx["redis"], settings)
+    ctx["heartbeat"] = asyncio.create_task(crew.beat(), name="settle-worker-heartbeat")
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
-    await ctx["dispatch"].close()
+    # A worker stopped while it was starting (connecting to the database) has only what
+    # its startup got to.
+    if "heartbeat" in ctx:
+        ctx["heartbeat"].cancel()
+        await asyncio.gather(ctx["heartbeat"], return_exceptions=True)
+    if "dispatch" in ctx:
+        await ctx["dispatch"].close()
     if ctx.get("own_store"):
         await ctx["store"].disconnect()
 
 
-async def settle_transfer(ctx: dict[str, Any], transfer_id: str) -> int:
-    """Settle one transfer, and with it any other due pending ones (group commit).
-
-    Idempotent: a second run, or a run after another job already settled this transfer
-    in its batch, settles nothing. Returns how many transfers this run settled.
-    """
-    settings: Settings = ctx["settings"]
-    try:
-        events = await transfers.settle(
-            ctx["store"], ctx["dispatch"], settings, transfer_id, turn=ctx.get("turn")
-        )
-    except settlement.Busy:
-        # Another settlement transaction was running (PostgreSQL): try again shortly;
-        # that one has likely settled this transfer in its batch by then.
-        raise Retry(defer=0.05) from None
-    except Exception as exc:
-        if unavailable(exc):  # the database is down or restarting: nothing was written
-            raise Retry(defer=0.5) from exc
-        raise
-    settled = len(events) // 2
-    if settled:
-        log.info("settled %d transfers (job for %s)", settled, transfer_id)
-    return settled
-
-
 async def sweep(ctx: dict[str, Any]) -> int:
-    """Fail the transfers pending past their expiry (``SETTLE_PENDING_TTL_S``), and
-    re-enqueue those pending well past their due time: their job was lost (a crash
-    between commit and enqueue, or a Redis restart without persistence).
+    """Fail the transfers pending past their expiry (``SETTLE_PENDING_TTL_S``), and ring
+    the partitions of those pending well past their due time: their ring was lost (a
+    crash between commit and ring, a Redis restart without persistence), or their
+    drainer died. Transfers stuck three times as long are settled here directly.
 
-    Runs safely in any number of workers: enqueueing uses the transfer's job id, which
-    arq refuses to queue twice, and settlement is exactly once in the database anyway.
-    Transfers stuck three times as long (their job id held by a killed worker's job,
-    say) are settled here directly rather than wait on arq.
-    """
+    Runs safely in any number of workers: a ring starts at most one drainer per
+    partition, and settlement is exactly once in the database anyway."""
     settings: Settings = ctx["settings"]
     store: Store = ctx["store"]
-    if await reads.any_expired(store, now_us()):
-        with contextlib.suppress(settlement.Busy):  # a settlement runs: next sweep
-            expired = await transfers.expire(store, ctx["dispatch"])
+    usecases: Context = ctx["usecases"]
+    parts = settings.settle_partitions
+    for partition in _partitions(await reads.expired_slots(store, now_us()), parts):
+        with contextlib.suppress(settlement.Busy):  # being settled: next sweep
+            expired = await transfers.expire(usecases, partition)
             log.warning("sweeper: %d transfers expired while pending", len(expired) // 2)
     due = now_us() - (settings.settle_delay_ms + settings.sweep_after_ms) * 1000
-    stuck = await reads.pending_older_than(store, due)
-    if not stuck:
+    late = _partitions(await reads.pending_slots_older_than(store, due), parts)
+    if not late:
         return 0
-    log.warning("sweeper: re-enqueueing %d pending transfers", len(stuck))
-    await ctx["dispatch"].enqueue_settlement(stuck)
+    log.warning("sweeper: ringing partitions %s for transfers pending too long", late)
+    await ctx["dispatch"].ring(late)
     very_late = now_us() - (settings.settle_delay_ms + 3 * settings.sweep_after_ms) * 1000
-    for transfer_id in await reads.pending_older_than(store, very_late):
-        with contextlib.suppress(settlement.Busy):  # another one is settling: next sweep
-            await transfers.settle(store, ctx["dispatch"], settings, transfer_id, 1, 0)
-    return len(stuck)
+    for partition in _partitions(await reads.pending_slots_older_than(store, very_late), parts):
+        with contextlib.suppress(settlement.Busy):  # a drainer is at it: next sweep
+            await transfers.settle(usecases, partition, wait=False)
+    return len(late)
 
 
-# arq's claim of a job (WATCH the in-progress key; EXISTS, ZSCORE; MULTI, PSETEX, EXEC:
-# four round trips, 45% of a busy worker's time at 500 transfers/s) as one script: the same keys,
-# the same refusals (running elsewhere, no longer queued, queued for later), atomic.
-_CLAIM = """
-if redis.call('exists', KEYS[1]) == 1 then return false end
-local score = redis.call('zscore', KEYS[2], ARGV[1])
-if not score or tonumber(score) > tonumber(ARGV[2]) then return false end
-redis.call('psetex', KEYS[1], ARGV[3], '1')
-return score
-"""
-
-
-class WakingWorker(Worker):
-    """arq's worker, woken when there is work instead of polling every few milliseconds.
-
-    arq polls its queue every ``poll_delay``: 2 ms kept pickup fast but cost ~11% of a
-    core doing nothing. Here the loop looks at the queue, then waits for whichever comes
-    first: a wake published with each enqueue (``Dispatcher``), one of its own jobs
-    ending (a retry is re-queued for later, a slot frees up), the next deferred job's due
-    time (retries, the sweeper's cron runs), or ``idle_poll_s``. Wakes are at-most-once
-    like all pub/sub: the last two heal a lost one, and the sweeper a lost job. Job
-    semantics are arq's own (``_poll_iteration``: claim, run, retry, cron, health).
-    """
-
-    def __init__(self, *args: Any, wake_channel: str, idle_poll_s: float, **kwargs: Any) -> None:
-        # arq's cron looks max(poll_delay, 0.5) * 2 ahead and queues its runs deferred
-        # to their time, which the wait below wakes for.
-        super().__init__(*args, poll_delay=idle_poll_s, **kwargs)
-        self.wake_channel = wake_channel
-        self.idle_poll_s = idle_poll_s
-        self._woken = asyncio.Event()
-        self.listening = asyncio.Event()
-        self._claim: AsyncScript | None = None
-
-    async def start_jobs(self, job_ids: list[bytes]) -> None:
-        """arq's ``start_jobs`` (arq 0.28, pinned), each claim one round trip."""
-        if self._claim is None:
-            self._claim = self.pool.register_script(_CLAIM)
-        for job_id_b in job_ids:
-            await self.sem.acquire()
-            if self.job_counter >= self.max_jobs:
-                self.sem.release()
-                return
-            self.job_counter += 1
-            job_id = job_id_b.decode()
-            score = await self._claim(
-                keys=[in_progress_key_prefix + job_id, self.queue_name],
-                args=[job_id, timestamp_ms(), int(self.in_progress_timeout_s * 1000)],
-            )
-            if score is None:  # running elsewhere, finished, or queued for later
-                self.job_counter -= 1
-                self.sem.release()
-                continue
-            task = self.loop.create_task(self.run_job(job_id, int(float(score))))
-            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
-            self.tasks[job_id] = task
-
-    async def main(self) -> None:
-        if self.burst:  # tests: arq's own loop, which returns when the queue is empty
-            await super().main()
-            return
-        if self._pool is None:
-            self._pool = await create_pool(
-                self.redis_settings,
-                job_deserializer=self.job_deserializer,
-                job_serializer=self.job_serializer,
-                default_queue_name=self.queue_name,
-                expires_extra_ms=self.expires_extra_ms,
-            )
-        await log_redis_info(self.pool, log.info)
-        self.ctx["redis"] = self.pool
-        if self.on_startup:
-            await self.on_startup(self.ctx)
-        listener = asyncio.create_task(self._listen(), name="settle-worker-wake")
-        try:
-            while True:
-                # Cleared before looking: a wake that comes while we look is not lost.
-                self._woken.clear()
-                await self._poll_iteration()
-                # asyncio.timeout, not wait_for: in 3.11 wait_for can swallow a
-                # cancellation (stop_worker's) that lands as the wake does.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(await self._until_due()):
-                        await self._woken.wait()
-        finally:
-            listener.cancel()
-            await asyncio.gather(listener, return_exceptions=True)
-
-    async def _until_due(self) -> float:
-        """Seconds until the first job queued for later is due, at most ``idle_poll_s``.
-
-        Jobs already due but not started here are running (here or in another worker) or
-        wait for a free slot (a job of ours ending wakes us)."""
-        now = timestamp_ms()
-        first = await self.pool.zrangebyscore(
-            self.queue_name, min=f"({now}", max="+inf", start=0, num=1, withscores=True
-        )
-        if not first:
-            return self.idle_poll_s
-        return min(max((float(first[0][1]) - now) / 1000, 0.0), self.idle_poll_s)
-
-    def _release_sem_dec_counter_on_complete(self) -> None:
-        # Called as each job's task ends: it may have re-queued itself (Retry) or freed
-        # the slot a due job waits for.
-        super()._release_sem_dec_counter_on_complete()
-        self._woken.set()
-
-    async def _listen(self) -> None:
-        """Set ``_woken`` on each wake, reconnecting (with backoff) if the subscription
-        breaks. The confirmation of a (re)subscription wakes too: what was published
-        before it may be lost."""
-        delay = 0.05
-        while True:
-            pubsub = self.pool.pubsub()
-            try:
-                await pubsub.subscribe(self.wake_channel)
-                async for _ in pubsub.listen():
-                    self.listening.set()
-                    self._woken.set()
-                    delay = 0.05
-            except (RedisError, OSError) as exc:
-                if self.listening.is_set():
-                    log.warning("wake subscription lost, polling until it is back: %r", exc)
-            finally:
-                self.listening.clear()
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+def _partitions(slots: list[int], partitions: int) -> list[int]:
+    return sorted({partition_of(slot, partitions) for slot in slots})
 
 
 def create_worker(
@@ -253,26 +112,37 @@ def create_worker(
         unique=True,
         timeout=60,
     )
-    return WakingWorker(
-        functions=[settle_transfer],
+    ctx: dict[str, Any] = {"settings": settings, "burst": burst}
+    if store is not None:
+        ctx["store"] = store
+    return Worker(
+        functions=[
+            func(
+                drain,
+                name=DRAIN_JOB,
+                timeout=settings.drain_lifetime_s + DRAIN_MARGIN_S,
+                # A drainer that fails is not retried: its partition's next ring (or the
+                # sweeper's) starts another. One whose worker died is run again once
+                # its job's timeout passed, and finds the lease taken or free.
+                max_tries=2,
+            )
+        ],
         # A burst worker stops when the queue is empty, which a scheduled cron job never is.
         cron_jobs=[] if burst else [sweeper],
         queue_name=settings.queue_name,
         redis_settings=redis_settings,
         on_startup=startup,
         on_shutdown=shutdown,
-        ctx={"settings": settings} if store is None else {"settings": settings, "store": store},
+        ctx=ctx,
         burst=burst,
         handle_signals=handle_signals,
-        # Woken by each enqueue (a queued job starts within ~1 ms); burst: arq's loop.
-        wake_channel=wake_channel(settings),
-        idle_poll_s=settings.worker_poll_ms / 1000 if not burst else 0,
+        poll_delay=0 if burst else settings.worker_poll_ms / 1000,
+        # Every partition may drain in one worker, with the sweeper beside them (the
+        # drainers spread over the workers themselves: ``jobs.drainer.Crew``).
+        max_jobs=settings.settle_partitions + 2,
         job_timeout=settings.job_timeout_s,
-        # No stored results: a job id is free again as soon as its job ends, so the
-        # sweeper is never blocked by a stale arq:result key.
+        # No stored results: job ids are unique anyway.
         keep_result=0,
-        max_tries=1000,
-        max_jobs=20,
         health_check_key=f"{settings.queue_name}:health-check",
     )
 
@@ -296,6 +166,19 @@ async def stop_worker(worker: Worker, main: asyncio.Task[Any], grace_s: float) -
 
 
 async def run_worker(settings: Settings, store: Store, stop: asyncio.Event) -> None:
+    """Run the settlement worker and the webhooks worker (``jobs.webhooks``, its own
+    queue) until ``stop`` is set, each restarted whenever Redis goes away."""
+    from jobs.webhooks import create_webhook_worker
+
+    await asyncio.gather(
+        _keep_running(create_worker, settings, store, stop),
+        _keep_running(create_webhook_worker, settings, store, stop),
+    )
+
+
+async def _keep_running(
+    factory: Callable[..., Worker], settings: Settings, store: Store, stop: asyncio.Event
+) -> None:
     """Run a worker until ``stop`` is set, starting a fresh one whenever Redis goes away.
 
     arq's worker ends on the first Redis error of its polling loop. A restart of Redis
@@ -305,7 +188,7 @@ async def run_worker(settings: Settings, store: Store, stop: asyncio.Event) -> N
     """
     assert settings.redis_url is not None
     while not stop.is_set():
-        worker = create_worker(
+        worker = factory(
             settings,
             redis_settings(settings, settings.redis_url),
             handle_signals=False,
@@ -323,6 +206,3 @@ async def run_worker(settings: Settings, store: Store, stop: asyncio.Event) -> N
             raise failure
         log.warning("lost Redis (%r): starting a new worker", failure)
         await asyncio.sleep(RESTART_PAUSE_S)
-
-
-assert SETTLE_JOB == settle_transfer.__name__

@@ -1,9 +1,11 @@
 """Logging: one line per record, and nothing a client sent can forge a line or leak.
 
-Every logged message has its control characters escaped (a ``%0a`` in a request path
-cannot start a fake line, a ``%00`` writes ``\\x00``, not a NUL byte), and uvicorn's
-lines about WebSocket handshakes lose their query strings, where careless clients put
-credentials. settle's own request log never writes query strings or headers.
+Every record is written as one line, whoever logs it (settle, uvicorn, arq): its control
+characters are escaped, the newlines of a traceback included (a ``%0a`` in a request
+path cannot start a fake line, a ``%00`` writes ``\\x00``, not a NUL byte, and a
+traceback is one line a log shipper keeps whole). uvicorn's lines about WebSocket
+handshakes lose their query strings, where careless clients put credentials. settle's
+own request log never writes query strings or headers.
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ def escape(text: str) -> str:
 
 
 class EscapingFormatter(logging.Formatter):
-    """Escapes the message (the record's text with its arguments filled in)."""
+    """Writes a record as one line: the message, and any traceback or stack the record
+    carries, with every control character escaped (a traceback's newlines become
+    ``\\x0a``)."""
 
-    def formatMessage(self, record: logging.LogRecord) -> str:
-        record.message = escape(record.message)
-        return super().formatMessage(record)
+    def format(self, record: logging.LogRecord) -> str:
+        return escape(super().format(record))
 
 
 class NoQueryStrings(logging.Filter):

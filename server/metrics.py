@@ -1,4 +1,4 @@
-"""Prometheus metrics and the one log line per request.
+"""Prometheus metrics: the web process's and the settlement's.
 
 The web app has a registry per app instance (tests build many apps in one process);
 settlement metrics live in one registry per process (``SETTLEMENT``), shown by the app's
@@ -11,17 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from datetime import datetime
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from starlette.requests import Request
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server import headers
+from server.domain.events import Header
+from server.domain.model import Transfer
 
-log = logging.getLogger("settle.request")
 settle_log = logging.getLogger("settle.settlement")
 
 # Milliseconds matter here: the product's promise is a window of a few of them.
@@ -82,21 +79,60 @@ class SettlementMetrics:
             registry=r,
         )
 
-    def record(self, finished: Iterable[Mapping[str, Any]]) -> None:
-        """Count and log transfers a settlement just committed (``transfer_of`` dicts)."""
+    def record(self, finished: Iterable[Transfer]) -> None:
+        """Count and log transfers a settlement just committed."""
         for transfer in finished:
-            self.settled.labels(transfer["status"]).inc()
-            window_ms = transfer["settled_in_ms"] or 0.0
+            self.settled.labels(transfer.status.value).inc()
+            window_ms = transfer.settled_in_ms or 0.0
             self.window_seconds.observe(window_ms / 1000)
             settle_log.info(
                 "settled transfer=%s outcome=%s window_ms=%s",
-                transfer["id"],
-                transfer["status"],
+                transfer.id,
+                transfer.status.value,
                 window_ms,
             )
 
 
 SETTLEMENT = SettlementMetrics()
+
+# Webhook attempts wait on receivers across the internet: seconds, not milliseconds.
+WEBHOOK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+AGE_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 300.0, 3600.0, 36_000.0, 432_000.0)
+
+
+class WebhookMetrics:
+    """The webhook deliveries of this process's worker (one registry per process, shown
+    with the settlement's)."""
+
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.attempts = Counter(
+            "settle_webhook_attempts",
+            "Webhook delivery attempts, by outcome (delivered, http_5xx, timeout, ...)",
+            ["outcome"],
+            registry=r,
+        )
+        self.attempt_seconds = Histogram(
+            "settle_webhook_attempt_seconds",
+            "How long a receiver took to answer an attempt",
+            buckets=WEBHOOK_BUCKETS,
+            registry=r,
+        )
+        self.queue_age_seconds = Histogram(
+            "settle_webhook_queue_age_seconds",
+            "How old a delivery was when it was attempted (from its event's delivery being"
+            " made, after the commit)",
+            buckets=AGE_BUCKETS,
+            registry=r,
+        )
+        self.disabled = Counter(
+            "settle_webhook_endpoints_disabled",
+            "Endpoints disabled after failing for SETTLE_WEBHOOK_DISABLE_AFTER_S",
+            registry=r,
+        )
+
+
+WEBHOOKS = WebhookMetrics()
 
 
 async def probe_loop_lag(histogram: Histogram, every_s: float = LAG_PROBE_S) -> None:
@@ -110,64 +146,13 @@ async def probe_loop_lag(histogram: Histogram, every_s: float = LAG_PROBE_S) -> 
         histogram.observe(max(loop.time() - start - every_s, 0.0))
 
 
-def note(request: Request, transfer_id: str, accepted: bool = False) -> None:
-    """Name the transfer a request concerns (for its log line); ``accepted``: it
-    accepted a new one (not a replay), so its time counts as an acceptance."""
-    request.state.transfer_id = transfer_id
-    if accepted:
-        request.state.accepted = True
-
-
-def event_age_s(message: dict[str, Any]) -> float | None:
-    """Seconds since the event's transfer change committed (acceptance or settlement)."""
-    transfer = message.get("transfer") or {}
-    at = transfer.get("settled_at") or transfer.get("created_at")
-    if not isinstance(at, str):
+def event_age_s(message: Header) -> float | None:
+    """Seconds since the event's change committed (acceptance or settlement of its
+    transfer); None for events that carry no time."""
+    at = message.committed_at
+    if at is None:
         return None
     try:
         return time.time() - datetime.fromisoformat(at).timestamp()
     except ValueError:
         return None
-
-
-class Observe:
-    """ASGI middleware: one structured log line per HTTP request (never its headers or
-    query string, which may carry credentials), the acceptance metrics, and the
-    security headers of every response (``server.headers``). Handlers
-    name the transfer a request concerns in ``request.state.transfer_id``, and set
-    ``request.state.accepted`` when they accepted a new one."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = 500
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                headers.secure(message, scope)
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            elapsed = time.perf_counter() - start
-            state = scope.get("state", {})
-            app = state.get("services")
-            if app is not None and state.get("accepted"):
-                app.metrics.accept_seconds.observe(elapsed)
-            transfer = state.get("transfer_id")
-            log.info(
-                "request method=%s path=%s status=%d ms=%.1f%s",
-                scope["method"],
-                scope["path"],
-                status,
-                elapsed * 1000,
-                f" transfer={transfer}" if transfer else "",
-            )

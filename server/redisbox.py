@@ -29,11 +29,11 @@ def bundled_socket(var_dir: Path) -> Path:
     return var_dir / "redis.sock"
 
 
-def redis_settings(settings: Settings, url: str) -> RedisSettings:
+def redis_settings(settings: Settings, url: str, retries: int = 30) -> RedisSettings:
     """arq's connection settings for a redis:// or unix:// URL."""
     rs = RedisSettings.from_dsn(url)
     # Reconnect patiently: Redis restarting must not kill a worker or a web process.
-    rs.conn_retries = 30
+    rs.conn_retries = retries
     rs.conn_retry_delay = 1
     return rs
 
@@ -45,6 +45,15 @@ def _answers(sock: Path) -> bool:
         return bool(redis.Redis(unix_socket_path=str(sock), socket_timeout=1).ping())
     except redis.RedisError:
         return False
+
+
+def running_redis_url(settings: Settings) -> str | None:
+    """The Redis settle's processes talk to, if one is there: $REDIS_URL, or the bundled
+    server another settle process started (None: none answers)."""
+    if settings.redis_url is not None:
+        return settings.redis_url
+    sock = bundled_socket(settings.var_dir)
+    return f"unix://{sock}" if _answers(sock) else None
 
 
 @contextlib.contextmanager

@@ -1,16 +1,65 @@
 // settle.js: what the pages add on top of htmx and its WebSocket extension (hx-ws).
-// No framework, no build step. The server renders every piece of UI; this file only
-// (1) sends the CSRF token with htmx requests, (2) never lets an older render replace
-// a newer one, (3) makes room for new history rows, (4) resumes the stream from the
-// last event seen, and (5) shows the connection state and network errors.
+// No framework, no build step. The server renders every piece of UI (and word); this
+// file only (1) sends the CSRF token, (2) never lets an older render replace a newer
+// one, (3) makes room for new rows, (4) resumes the stream from the last event seen,
+// (5) shows the connection state, (6) announces each event once, (7) gives each tab
+// its own form key and asks the server what became of a send whose answer was lost,
+// (8) loads the passkey ceremonies when a transfer is confirmed in place.
 (() => {
   "use strict";
 
   const RECONNECT_CODES = [1001, 1005, 1006, 1011, 1012, 1013, 1014];
 
+  // (8) The passkey ceremonies (passkeys.js) load on first use only.
+  document.addEventListener("click", (e) => {
+    const link = e.target.closest?.("[data-passkey-confirm]");
+    if (!link || window.settlePasskeys || !window.PublicKeyCredential) return;
+    e.preventDefault();
+    const script = document.createElement("script");
+    script.src = "/static/passkeys.js";
+    script.onload = () => link.click();
+    document.head.append(script);
+  });
+
   document.addEventListener("htmx:config:request", (e) => {
+    if (!sendAllowed(e.detail.ctx)) {
+      e.preventDefault();
+      return;
+    }
     const token = document.querySelector('meta[name="csrf-token"]');
     if (token) e.detail.ctx.request.headers["X-CSRF-Token"] = token.content;
+  });
+
+  const isSend = (ctx) => /\/transfers$/.test(ctx?.request?.action || "");
+  const isFate = (ctx) => /\/sent$/.test(ctx?.request?.action || "");
+
+  // A second Enter on a slow machine lands on the fresh, empty form the first brought
+  // back: it would only replace "Sent — pending" with errors. One send at a time.
+  function sendAllowed(ctx) {
+    if (!isSend(ctx)) return true;
+    const form = document.getElementById("transfer-form");
+    if (!form) return true;
+    if (form.dataset.sending) return false;
+    const body = ctx.request.body;
+    const empty = !`${body?.get("to") || ""}`.trim() && !`${body?.get("amount") || ""}`.trim();
+    const status = form.querySelector("#form-status");
+    if (empty && status?.textContent.trim()) {
+      status.focus();
+      return false;
+    }
+    form.dataset.sending = "1";
+    return true;
+  }
+  document.addEventListener("htmx:finally:request", (e) => {
+    const form = document.getElementById("transfer-form");
+    if (isSend(e.detail.ctx)) {
+      delete form?.dataset.sending;
+      if (!form?.dataset.asking) releaseHeldBack();
+    }
+    if (isFate(e.detail.ctx)) {
+      delete form?.dataset.asking;
+      releaseHeldBack();
+    }
   });
 
   // Out-of-band swaps replace elements by id, so a brand-new transfer needs an empty
@@ -31,17 +80,51 @@
   document.addEventListener("htmx:after:request", (e) => makeRoom(e.detail.ctx.text));
 
   // An HTTP response and a stream event may arrive in either order: keep the newest.
-  // Balance cards carry the account's event seq, rows 0 (pending) or 1 (final).
+  // Balance cards carry the account's event seq, rows 0 (pending) or 1 (final). And an
+  // event is announced once: an announcement about the event the region already said
+  // (the answer to a send, then the stream; two accounts of one person) is dropped.
   document.addEventListener("htmx:before:swap", (e) => {
     const tasks = e.detail.tasks;
     for (let i = tasks.length - 1; i >= 0; i--) {
-      const incoming = tasks[i].fragment?.firstElementChild?.dataset?.version;
+      const fragment = tasks[i].fragment?.firstElementChild;
+      const incoming = fragment?.dataset?.version;
       const current = tasks[i].target?.dataset?.version;
       if (incoming !== undefined && current !== undefined && +incoming < +current) {
+        tasks.splice(i, 1);
+      } else if (fragment?.id === "announce" && !announceNow(fragment, tasks[i].target)) {
         tasks.splice(i, 1);
       }
     }
   });
+
+  // While a send is on its way, a transfer.pending announcement may be that very send
+  // (the stream can outrun its answer, whose status line gets the focus): hold it
+  // until the answer lands, and say it only if it was about something else.
+  let heldBack = null;
+
+  function announceNow(incoming, region) {
+    const said = incoming.querySelector("[data-event]");
+    const event = said?.dataset.event;
+    if (!event) return true;
+    if (region?.querySelector?.("[data-event]")?.dataset.event === event) return false;
+    const form = document.getElementById("transfer-form");
+    const sending = form?.dataset.sending || form?.dataset.asking;
+    if (sending && !said.hidden && event.endsWith(":transfer.pending")) {
+      heldBack = { event, html: incoming.innerHTML };
+      return false;
+    }
+    return true;
+  }
+
+  function releaseHeldBack() {
+    const held = heldBack;
+    heldBack = null;
+    const region = document.getElementById("announce");
+    if (!held || !region) return;
+    if (region.querySelector("[data-event]")?.dataset.event !== held.event) {
+      region.innerHTML = held.html;
+    }
+  }
 
   // The connection indicator: Live (with the time of the last update), Reconnecting or
   // Offline; never "Live" while no stream is open, never "Reconnecting" while one is.
@@ -53,10 +136,12 @@
     const badge = document.getElementById("conn");
     if (!badge) return;
     badge.dataset.state = state;
-    badge.querySelector(".conn-text").textContent = text;
+    // The state is a live region: said when it changes, not on every message.
+    const said = badge.querySelector(".conn-text");
+    if (said.textContent !== text) said.textContent = text;
     const time = badge.querySelector(".conn-time");
-    const said = state === "live" ? "updated" : "last update";
-    if (time) time.textContent = lastUpdate ? `· ${said} ${clock(lastUpdate)}` : "";
+    const what = state === "live" ? "updated" : "last update";
+    if (time) time.textContent = lastUpdate ? `· ${what} ${clock(lastUpdate)}` : "";
   }
 
   function live() {
@@ -88,11 +173,9 @@
     }
   }).observe(document.body, { childList: true, subtree: true });
 
-  // After a send, focus moves to its result: the duplicate question, the first field in
-  // error, or the status line (so a second Enter does not submit the fresh form).
-  // The form's status line follows its transfer. A stream event may come before the
-  // form that shows the transfer: keep the newest status line of each transfer, and
-  // apply it when the form lands.
+  // After a send, focus moves to its result (so a second Enter does not submit the
+  // fresh form). A stream event may come before the form that shows its transfer: keep
+  // the newest status line of each transfer, and apply it when the form lands.
   const statuses = new Map();
 
   function keepStatuses(html) {
@@ -118,11 +201,19 @@
     const send = document.getElementById("send");
     if (!send || !send.dataset.swapped) return;
     delete send.dataset.swapped;
+    tabKey(false);
     applyStatuses(send);
+    releaseHeldBack();
+    // A send refused because the account was frozen meanwhile: its one notice says so.
+    const frozen = send.querySelector("#send-button[disabled]")
+      ? document.querySelector('[data-testid="frozen"]')
+      : null;
     const target =
+      send.querySelector("#confirm-recipient") ||
       send.querySelector("#duplicate") ||
       send.querySelector('[aria-invalid="true"]') ||
       send.querySelector("#form-error") ||
+      frozen ||
       send.querySelector("#form-status");
     target?.focus();
   });
@@ -140,7 +231,10 @@
     } catch {
       return;
     }
-    if (message.type !== "ping") live();
+    if (message.type !== "ping") {
+      live();
+      refreshStatement();
+    }
     if (typeof message.seq === "number") {
       const el = e.target;
       el.dataset.since = String(Math.max(message.seq, Number(el.dataset.since || 0)));
@@ -148,6 +242,13 @@
     if (message.content) {
       makeRoom(message.content);
       keepStatuses(message.content);
+      // A transfer sent from here while the form says it was not (its request still on
+      // its way when the server was asked): ask again, quietly (an answer only if sent).
+      const state = formState();
+      if (message.content.includes('id="status-')) {
+        if (state?.contains("unreachable")) askFate(false);
+        else if (state?.contains("not-sent")) askFate(true);
+      }
     }
     else if (message.type === "snapshot") {
       // Too far behind to replay: re-render the balance and history from the server.
@@ -187,16 +288,100 @@
     else setStatus("reconnecting", "Reconnecting…");
   });
 
-  // A network error leaves the form as it was, with the same idempotency key: sending
-  // it again is safe, and the user needs to hear that.
-  document.addEventListener("htmx:error", (e) => {
-    if (e.target.matches?.("input")) return; // a preview: nothing was sent
-    const form = e.target.closest?.("form");
-    const status = form?.querySelector(".form-status");
+  // A statement page repaints its body on each burst of the account's events.
+  let statementTimer = null;
+  function refreshStatement() {
+    const body = document.getElementById("statement-body");
+    if (!body) return;
+    clearTimeout(statementTimer);
+    statementTimer = setTimeout(() => {
+      htmx.ajax("GET", body.dataset.refresh, { target: "#statement-body", swap: "outerHTML" });
+    }, 100);
+  }
+
+  // The reader's time zone, said on a first visit: statements cut months there.
+  const zoneMeta = document.querySelector('meta[name="settle-time-zone"]');
+  const zone = Intl.DateTimeFormat().resolvedOptions().timeZone;
+  if (zoneMeta && !zoneMeta.content && zone) {
+    const token = document.querySelector('meta[name="csrf-token"]')?.content || "";
+    fetch("/settings/time-zone", {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "X-CSRF-Token": token },
+      body: new URLSearchParams({ time_zone: zone }),
+    })
+      .then((r) => {
+        if (!r.ok) return;
+        zoneMeta.content = zone;
+        refreshStatement();
+      })
+      .catch(() => {});
+  }
+
+  // Each tab keeps a form key of its own (sessionStorage): a reload or the back button
+  // sends the same key (a replay), and two tabs never share one. The key the server
+  // renders is the browser's (a cookie, shared by its tabs: for pages without scripts).
+  function tabKeyName(form) {
+    return "settle:form-key:" + form.getAttribute("action");
+  }
+
+  function newKey() {
+    const bytes = crypto.getRandomValues(new Uint8Array(24));
+    return btoa(String.fromCharCode(...bytes)).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+  }
+
+  function tabKey(adopt) {
+    const form = document.getElementById("transfer-form");
+    const input = form?.querySelector('input[name="idempotency_key"]');
+    if (!input) return;
+    try {
+      if (adopt) input.value = sessionStorage.getItem(tabKeyName(form)) || newKey();
+      sessionStorage.setItem(tabKeyName(form), input.value);
+    } catch {
+      // No storage: the key the server rendered stays.
+    }
+  }
+  tabKey(true);
+
+  // A send whose answer never arrived may or may not have gone through: only the server
+  // knows, so ask it (POST …/sent, the same form): the form sent, or "Not sent". If it
+  // cannot be reached either, say so and ask again once the connection is back.
+  function formSays(tone) {
+    const form = document.getElementById("transfer-form");
+    const status = form?.querySelector("#form-status");
     if (!status) return;
-    status.className = "form-status retry";
-    status.textContent =
-      "Network problem: we could not confirm the transfer. Press Send again — " +
-      "it is safe, the same form is never charged twice.";
+    status.className = `form-status ${tone}`;
+    status.textContent = form.dataset[tone];
+  }
+
+  function askFate(quiet) {
+    const form = document.getElementById("transfer-form");
+    if (!form) return;
+    if (!quiet) {
+      form.dataset.asking = "1";
+      formSays("checking");
+    }
+    const url = form.getAttribute("action").replace(/\/transfers$/, "/sent");
+    htmx.ajax("POST", url, {
+      source: form,
+      target: "#send",
+      swap: "outerHTML",
+      values: quiet ? { quiet: "1" } : {},
+    });
+  }
+
+  const formState = () => document.querySelector("#transfer-form #form-status")?.classList;
+
+  document.addEventListener("htmx:error", (e) => {
+    const ctx = e.detail.ctx;
+    if (isSend(ctx)) askFate(false);
+    else if (isFate(ctx)) formSays("unreachable");
   });
+
+  // Back online, or the stream open again: an unanswered question is asked again.
+  function reconnected() {
+    if (formState()?.contains("unreachable")) askFate(false);
+  }
+  window.addEventListener("online", reconnected);
+  document.addEventListener("htmx:ws:after:connection", reconnected);
 })();

@@ -15,18 +15,27 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 import uvicorn
-from arq import Worker
+from arq import Worker, create_pool
 
 from jobs.worker import create_worker
-from server import admin, auth, ledger, passwords, protocol
-from server.app import create_app
-from server.audit import audit
+from server.domain import wire
+from server.domain.clock import new_id, now_us
+from server.domain.ledger import Order
+from server.domain.model import Balance
+from server.live.dispatch import Dispatcher
 from server.redisbox import redis_settings, start_redis_server, stop_redis_server
-from server.schema import metadata, new_id, now_us
 from server.settings import Settings
-from server.store import Conn, Store, create_schema, open_store
+from server.store import Conn, Store, create_schema, ledger, open_store
+from server.store import accounts as admin
+from server.store.audit import audit
+from server.store.schema import metadata
+from server.usecases import accounts as account_cases
+from server.usecases.context import Context
+from server.web import auth, passwords, protocol
+from server.web.app import create_app
 
 # The server settings of tests that serve an app of their own making.
 TEST_SERVER = Settings(database_url="", redis_url=None, secret_key="", var_dir=Path())
@@ -129,8 +138,18 @@ async def accept(
 ) -> ledger.Accepted:
     """Accept a transfer straight through the ledger: committed, but nothing enqueued
     or published (as if the web process died right after the commit)."""
-    order = ledger.Order(user_id, from_account, to_account, amount, memo, key)
+    order = Order(user_id, from_account, to_account, amount, memo, key)
     return await store.transaction(lambda conn: ledger.accept(conn, order, new_id("tr"), now_us()))
+
+
+def balance_json(row: Any) -> dict[str, str]:
+    """An accounts row's balance as the API and the stream write it."""
+    return msgspec.structs.asdict(wire.balance(Balance.of(row)))
+
+
+async def fund(store: Store, account_id: str, cents: int) -> None:
+    """A deposit from the bank, committed but not published (nobody listens yet)."""
+    await store.transaction(lambda conn: admin.deposit(conn, account_id, cents))
 
 
 @dataclasses.dataclass
@@ -154,15 +173,22 @@ class Stack:
     base_url: str
     client: httpx.AsyncClient
 
-    async def customer(self, deposit: str = "100.00", name: str | None = None) -> Customer:
+    async def customer(
+        self, deposit: str = "100.00", name: str | None = None, display_name: str | None = None
+    ) -> Customer:
+        """A user with one account (funded by ``deposit``), who goes by ``display_name``
+        (by default their username)."""
         username = name or f"user{uuid.uuid4().hex[:8]}"
         user_id, account = await admin.create_user(
-            self.store, username, passwords.hash_password("pw-" + username)
+            self.store,
+            username,
+            passwords.hash_password("pw-" + username),
+            display_name=display_name,
         )
         if deposit != "0":
-            from server.money import parse_amount
+            from server.domain.money import parse_amount
 
-            await admin.deposit(self.store, account, parse_amount(deposit))
+            await fund(self.store, account, parse_amount(deposit))
         token = await auth.issue_token(self.store, user_id, 3600)
         return Customer(username, user_id, account, token)
 
@@ -195,6 +221,31 @@ class Stack:
             handle_signals=False,
             store=self.store,
         )
+
+    @contextlib.asynccontextmanager
+    async def usecases(self) -> AsyncIterator[Context]:
+        """The use cases' context, publishing on this stack's Redis as a process of it."""
+        assert self.settings.redis_url is not None
+        pool = await create_pool(redis_settings(self.settings, self.settings.redis_url))
+        dispatch = Dispatcher(pool, self.settings)
+        try:
+            yield Context(self.settings, self.store, dispatch)
+        finally:
+            await dispatch.close()
+            await pool.aclose()
+
+    async def freeze(self, account_id: str) -> None:
+        """Freeze the account as ``settle account freeze`` does: every screen told."""
+        async with self.usecases() as ctx:
+            await account_cases.freeze(ctx, account_id)
+
+    async def unfreeze(self, account_id: str) -> None:
+        async with self.usecases() as ctx:
+            await account_cases.unfreeze(ctx, account_id)
+
+    async def deposit(self, account_id: str, cents: int) -> None:
+        async with self.usecases() as ctx:
+            await account_cases.deposit(ctx, account_id, cents)
 
     async def settle_all(self) -> None:
         """Run a burst worker until the queue is empty (no sleeping, no polling)."""
@@ -234,10 +285,12 @@ def free_socket() -> socket.socket:
 
 
 @contextlib.asynccontextmanager
-async def serve(app: Any, settings: Settings | None = None) -> AsyncIterator[str]:
-    """Run ``app`` on uvicorn, configured as ``settle web`` is (``server.protocol``), on a
-    free loopback port in this event loop; yield its URL."""
-    sock = free_socket()
+async def serve(
+    app: Any, settings: Settings | None = None, sock: socket.socket | None = None
+) -> AsyncIterator[str]:
+    """Run ``app`` on uvicorn, configured as ``settle web`` is (``server.web.protocol``), on a
+    free loopback port (or ``sock``, bound already) in this event loop; yield its URL."""
+    sock = sock or free_socket()
     port = sock.getsockname()[1]
     options = protocol.uvicorn_options(settings or TEST_SERVER)
     server = uvicorn.Server(
@@ -287,7 +340,7 @@ async def account_events(settings: Settings, account_id: str) -> AsyncIterator[A
     """A raw Redis subscription to an account's published events (to await them)."""
     from redis.asyncio import Redis
 
-    from server.dispatch import channel
+    from server.live.dispatch import channel
 
     assert settings.redis_url is not None
     client = Redis.from_url(settings.redis_url)

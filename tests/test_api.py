@@ -7,15 +7,17 @@ import asyncio
 import logging
 import re
 import time
+import uuid
 from typing import Any
 
 import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from server import admin, throttle
 from server.settings import Settings
 from server.store import Store
+from server.store import accounts as admin
+from server.web import throttle
 from tests.conftest import Customer, Stack, execute
 from tests.test_live import recv, seq_of, server_stack, subscribe
 from tests.test_sessions import browser, login
@@ -204,15 +206,27 @@ async def test_malformed_bodies(stack: Stack, content: bytes, code: str) -> None
     assert await snapshot(stack) == before
 
 
-async def test_frozen_accounts_refuse_transfers(stack: Stack) -> None:
+async def test_frozen_accounts_refuse_transfers_and_only_their_owner_is_told_why(
+    stack: Stack,
+) -> None:
     alice, bob = await stack.customer("10.00"), await stack.customer("10.00")
-    await admin.set_status(stack.store, bob.account, "frozen")
+    _, euros = await admin.create_user(stack.store, f"eu{uuid.uuid4().hex[:8]}", "-", "EUR")
+    await stack.freeze(bob.account)
     before = await snapshot(stack)
-    into = await stack.transfer(alice, bob.account, "1.00")
     out_of = await stack.transfer(bob, alice.account, "1.00")
-    for r, field in ((into, "to_account"), (out_of, "from_account")):
-        assert r.status_code == 422 and r.json()["error"]["code"] == "account_frozen"
-        assert r.json()["error"]["field"] == field
+    assert out_of.status_code == 422 and out_of.json()["error"] == {
+        "code": "account_frozen",
+        "message": "the account is frozen",
+        "field": "from_account",
+    }
+    into = await stack.transfer(alice, bob.account, "1.00")
+    elsewhere = await stack.transfer(alice, euros, "1.00")
+    for r in (into, elsewhere):
+        assert r.status_code == 422 and r.json()["error"] == {
+            "code": "recipient_unavailable",
+            "message": "this recipient cannot receive money right now",
+            "field": "to_account",
+        }, "frozen and another currency look the same to a sender"
     assert await snapshot(stack) == before
 
 
@@ -497,3 +511,43 @@ async def test_a_page_limit_of_thousands_of_digits_is_422_not_500(stack: Stack) 
         headers=alice.headers,
     )
     assert r.status_code == 422 and r.json()["error"]["field"] == "limit"
+
+
+async def test_a_replay_is_never_refused_by_the_rate_limit(
+    settings: Settings, store: Store
+) -> None:
+    """A client resending after an outage, with the same keys, gets its answers back even
+    when it sends them faster than the limit: replays send nothing."""
+    limit = 2
+    async with server_stack(settings, store, transfer_rate=limit) as stack:
+        alice, bob = await stack.customer("10.00"), await stack.customer("0")
+        firsts = [await stack.transfer(alice, bob.account, "1.00", key=f"k{i}") for i in range(2)]
+        assert [r.status_code for r in firsts] == [202, 202]
+        replays = await asyncio.gather(
+            *(stack.transfer(alice, bob.account, "1.00", key=f"k{i % 2}") for i in range(8))
+        )
+        assert {r.status_code for r in replays} == {202}
+        assert {r.headers["Idempotent-Replayed"] for r in replays} == {"true"}
+        assert {r.json()["id"] for r in replays} == {r.json()["id"] for r in firsts}
+        fresh = await asyncio.gather(
+            *(stack.transfer(alice, bob.account, "1.00", key=f"n{i}") for i in range(3 * limit))
+        )
+        assert 429 in {r.status_code for r in fresh}, "new transfers are still limited"
+        await stack.settle_all()
+
+
+async def test_previews_are_limited_per_user_like_sends(settings: Settings, store: Store) -> None:
+    limit = 3
+    async with server_stack(settings, store, transfer_rate=limit) as stack:
+        alice, bob = await stack.customer("10.00"), await stack.customer("0")
+        body = {"from_account": alice.account, "to_account": bob.account, "amount": "1.00"}
+        burst = await asyncio.gather(
+            *(
+                stack.client.post("/api/transfers/preview", json=body, headers=alice.headers)
+                for _ in range(4 * limit)
+            )
+        )
+        codes = [r.status_code for r in burst]
+        assert codes.count(429) >= limit and set(codes) == {200, 429}
+        refused = next(r for r in burst if r.status_code == 429)
+        assert refused.json()["error"]["code"] == "rate_limited" and refused.headers["Retry-After"]

@@ -1,4 +1,4 @@
-"""Ending a credential ends everything opened with it (server/auth.py, server/hub.py):
+"""Ending a credential ends everything opened with it (server/web/auth.py, server/live/hub.py):
 revoking a token, logging out, or expiry closes its live streams with 4401 within a
 second, in every web process (two real ``settle web`` subprocesses here). And every
 failed login costs the same."""
@@ -15,9 +15,10 @@ import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from server import admin, auth, passwords, sessions
 from server.settings import Settings
 from server.store import Store
+from server.store import accounts as admin
+from server.web import auth, passwords, sessions
 from tests.conftest import Customer, Stack, free_port
 from tests.fleet import Fleet
 from tests.test_live import ws_url

@@ -11,8 +11,10 @@ from typing import Any
 import httpx
 from websockets.asyncio.client import connect
 
-from server import auth
-from server.schema import api_tokens, sessions
+from server.domain.clock import now_us
+from server.store import webhooks
+from server.store.schema import api_tokens, sessions
+from server.web import auth
 from tests.conftest import Customer, Stack, execute
 from tests.test_live import close_code, recv, ws_url
 from tests.test_sessions import attempt, browser, csrf_of, login
@@ -26,6 +28,8 @@ class World:
     other: Customer
     recipient: Customer
     transfer: str
+    webhook: str
+    delivery: str
 
     def secrets(self) -> tuple[str, str]:
         """What no one but the owner (and, for the transfer, the recipient) may see."""
@@ -36,7 +40,15 @@ async def world(stack: Stack) -> World:
     owner, other, recipient = [await stack.customer("50.00") for _ in range(3)]
     r = await stack.transfer(owner, recipient.account, "5.00")
     assert r.status_code == 202, r.text
-    return World(owner, other, recipient, r.json()["id"])
+    hook = await stack.store.transaction(
+        lambda conn: webhooks.create(
+            conn, owner.user_id, "https://93.184.216.34/in", "", ("*",), "whsec_AAAA", now_us(), 10
+        )
+    )
+    delivery = await stack.store.transaction(
+        lambda conn: webhooks.add_test(conn, owner.user_id, hook.id, now_us(), "")
+    )
+    return World(owner, other, recipient, r.json()["id"], hook.id, delivery)
 
 
 def api_routes(w: World) -> list[tuple[str, str, Any, int]]:
@@ -51,10 +63,27 @@ def api_routes(w: World) -> list[tuple[str, str, Any, int]]:
         ("GET", f"/api/accounts/{w.owner.account}/events", None, 200),
         ("GET", f"/api/transfers/{w.transfer}", None, 200),
         ("POST", "/api/transfers/preview", body, 200),
+        ("GET", "/api/passkeys", None, 200),
+        ("POST", "/api/passkeys/options", None, 200),
+        ("POST", "/api/passkeys", {"name": "x", "credential": {}, "password": "x"}, 422),
+        # Not awaiting confirmation: nothing to confirm, nothing confirmed.
+        ("GET", f"/api/transfers/{w.transfer}/confirmation", None, 409),
+        ("POST", f"/api/transfers/{w.transfer}/confirmation", CREDENTIAL, 422),
         ("POST", "/api/transfers", body, 202),
         ("POST", f"/api/transfers/{w.transfer}/cancel", None, 200),
+        ("GET", "/api/webhooks", None, 200),
+        ("POST", "/api/webhooks", {"url": "https://93.184.216.34/other"}, 201),
+        ("GET", f"/api/webhooks/{w.webhook}", None, 200),
+        ("GET", f"/api/webhooks/{w.webhook}/deliveries", None, 200),
+        ("POST", f"/api/webhooks/{w.webhook}/test", None, 202),
+        ("POST", f"/api/webhooks/{w.webhook}/deliveries/{w.delivery}/retry", None, 202),
+        ("POST", f"/api/webhooks/{w.webhook}/rotate-secret", None, 200),
+        ("DELETE", f"/api/webhooks/{w.webhook}", None, 204),
         ("DELETE", "/api/tokens", None, 204),
     ]
+
+
+CREDENTIAL = {"id": "x", "rawId": "x", "type": "public-key", "response": {}}
 
 
 def expected_api(who: str, method: str, path: str, owner_status: int) -> int:
@@ -62,6 +91,10 @@ def expected_api(who: str, method: str, path: str, owner_status: int) -> int:
         return owner_status
     if who != "other":
         return 401
+    if path == "/api/webhooks":
+        return owner_status  # their own endpoints
+    if path.startswith("/api/passkeys"):  # their own passkeys
+        return owner_status
     # Another user: lists and token revocation are about themselves; a preview answers
     # (that the account is not theirs: account_not_found, in the body); the rest is 404.
     return {"/api/accounts": 200, "/api/tokens": 204, "/api/transfers/preview": 200}.get(path, 404)
@@ -134,9 +167,23 @@ def page_routes(w: World) -> list[tuple[str, str, int]]:
         ("GET", f"/accounts/{w.owner.account}", 200),
         ("GET", f"/accounts/{w.owner.account}/history", 200),
         ("GET", f"/transfers/{w.transfer}", 200),
+        ("GET", "/security", 200),
+        # Not awaiting: the page says there is nothing to confirm.
+        ("GET", f"/transfers/{w.transfer}/confirm", 200),
         ("GET", f"/accounts/{w.owner.account}/statement", 200),
         ("GET", f"/accounts/{w.owner.account}/statement.csv", 200),
         ("POST", f"/accounts/{w.owner.account}/preview", 200),
+        ("POST", f"/accounts/{w.owner.account}/sent", 200),
+        ("POST", "/settings/time-zone", 204),
+        ("GET", "/webhooks", 200),
+        ("POST", "/webhooks", 422),
+        ("POST", f"/webhooks/{w.webhook}/test", 303),
+        ("POST", f"/webhooks/{w.webhook}/deliveries/{w.delivery}/retry", 303),
+        ("POST", f"/webhooks/{w.webhook}/rotate-secret", 200),
+        ("POST", f"/webhooks/{w.webhook}/delete", 303),
+        ("POST", "/security/passkeys/no-such-key/name", 404),
+        # Without the password: refused, nothing removed.
+        ("POST", "/security/passkeys/no-such-key/remove", 403),
         ("POST", f"/accounts/{w.owner.account}/transfers", 303),
         ("POST", f"/transfers/{w.transfer}/cancel", 303),
     ]
@@ -179,12 +226,26 @@ async def test_the_pages_matrix(stack: Stack) -> None:
             for method, path, owner_status in page_routes(w):
                 data = None
                 if method == "POST":
-                    data = {"csrf_token": csrf, "to": w.recipient.username, "amount": "1"}
+                    data = {
+                        "csrf_token": csrf,
+                        "to": w.recipient.username,
+                        "amount": "1",
+                        "time_zone": "Europe/Paris",
+                    }
                 r = await client.request(method, path, data=data)
                 if who == "owner":
                     ok = r.status_code == owner_status
+                elif who == "other" and path == "/webhooks":
+                    ok = r.status_code == owner_status  # their own endpoints
                 elif who == "other":
-                    ok = r.status_code == (200 if path == "/accounts" else 404)
+                    # Their own accounts, and their own time zone: theirs to see and set.
+                    own = {
+                        "/accounts": 200,
+                        "/settings/time-zone": 204,
+                        "/security": 200,
+                        "/security/passkeys/no-such-key/remove": 403,
+                    }
+                    ok = r.status_code == own.get(path, 404)
                 else:
                     ok = r.status_code in (303, 401) and (
                         r.status_code == 401 or r.headers["location"].startswith("/login")
@@ -233,8 +294,8 @@ async def test_the_websocket_matrix(stack: Stack) -> None:
 
 def test_every_route_is_in_a_matrix() -> None:
     """A new route must be added to a matrix above (or here, if it is public)."""
-    from server.app import create_app
     from server.settings import Settings
+    from server.web.app import create_app
 
     public = {
         "/",
@@ -246,6 +307,7 @@ def test_every_route_is_in_a_matrix() -> None:
         "/openapi.json",
         "/static",
         "/api/tokens",
+        "/support",
     }
     covered = {
         "/api/accounts",
@@ -258,15 +320,35 @@ def test_every_route_is_in_a_matrix() -> None:
         "/api/transfers/preview",
         "/api/transfers/{transfer_id}",
         "/api/transfers/{transfer_id}/cancel",
+        "/api/webhooks",
+        "/api/webhooks/{webhook_id}",
+        "/api/webhooks/{webhook_id}/deliveries",
+        "/api/webhooks/{webhook_id}/test",
+        "/api/webhooks/{webhook_id}/deliveries/{delivery_id}/retry",
+        "/api/webhooks/{webhook_id}/rotate-secret",
+        "/webhooks",
+        "/webhooks/{webhook_id}/test",
+        "/webhooks/{webhook_id}/deliveries/{delivery_id}/retry",
+        "/webhooks/{webhook_id}/rotate-secret",
+        "/webhooks/{webhook_id}/delete",
+        "/api/transfers/{transfer_id}/confirmation",
+        "/api/passkeys",
+        "/api/passkeys/options",
         "/accounts",
         "/accounts/{account_id}",
         "/accounts/{account_id}/history",
         "/accounts/{account_id}/transfers",
         "/accounts/{account_id}/preview",
+        "/accounts/{account_id}/sent",
+        "/settings/time-zone",
         "/accounts/{account_id}/statement",
         "/accounts/{account_id}/statement.csv",
         "/transfers/{transfer_id}",
         "/transfers/{transfer_id}/cancel",
+        "/transfers/{transfer_id}/confirm",
+        "/security",
+        "/security/passkeys/{passkey_id}/name",
+        "/security/passkeys/{passkey_id}/remove",
         "/ws",
     }
     settings = Settings.from_env({"SECRET_KEY": "x", "REDIS_URL": "redis://127.0.0.1:1"})

@@ -1,4 +1,4 @@
-"""Calls that share a round trip (server/batching.py): what arrives while one batch is in
+"""Calls that share a round trip (server/live/batching.py): what arrives while one batch is in
 flight goes in the next, each caller gets its own result, and a failure reaches all."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from server.batching import Batched
+from server.live.batching import Batched
 
 
 async def test_callers_waiting_together_share_one_run_and_get_their_own_results() -> None:

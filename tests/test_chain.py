@@ -1,4 +1,4 @@
-"""The tamper-evident ledger (server/chain.py): each account's entries form a hash chain
+"""The tamper-evident ledger (server/domain/chain.py): each account's entries form a hash chain
 that ``settle audit`` walks, naming the first broken entry; a published chain head proves
 the history up to it (``settle audit --verify-head``)."""
 
@@ -9,30 +9,32 @@ import time
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 
-from server import admin, chain
-from server.audit import audit
+from server.domain import chain
+from server.domain.model import AccountKind, AccountStatus, LedgerAccount
+from server.store.audit import audit
 from tests.conftest import Stack, execute
 from tests.fleet import Fleet
 from tests.test_cli import settle
 
 
-def account(name: str = "acc_a") -> dict[str, Any]:
-    return {"id": name, "posted": 0, "entries": 0, "chain_head": chain.GENESIS}
+def account(name: str = "acc_a") -> LedgerAccount:
+    return LedgerAccount(name, AccountStatus.ACTIVE, AccountKind.USER, 0, 0, 0, 0, 0, chain.GENESIS)
 
 
 def test_appended_entries_link_each_to_the_one_before() -> None:
     a = account()
     first = chain.append(a, "tr_1", 500, 10)
     second = chain.append(a, "tr_2", -200, 20)
-    assert (first["seq"], first["balance_after"], first["prev_hash"]) == (1, 500, chain.GENESIS)
-    assert (second["seq"], second["balance_after"], second["prev_hash"]) == (2, 300, first["hash"])
-    assert a["chain_head"] == second["hash"] and a["posted"] == 300 and a["entries"] == 2
+    assert (first.seq, first.balance_after, first.prev_hash) == (1, 500, chain.GENESIS)
+    assert (second.seq, second.balance_after, second.prev_hash) == (2, 300, first.hash)
+    assert a.chain_head == second.hash and a.posted == 300 and a.entries == 2
     walker = chain.Walker("acc_a")
     for entry in (first, second):
-        walker.step(entry)
-    assert walker.broken is None and walker.head == a["chain_head"]
+        walker.step(msgspec.structs.asdict(entry))
+    assert walker.broken is None and walker.head == a.chain_head
 
 
 @pytest.mark.parametrize(
@@ -48,7 +50,7 @@ def test_appended_entries_link_each_to_the_one_before() -> None:
 )
 def test_any_rewrite_of_an_entry_is_found_and_named(change: dict[str, Any], why: str) -> None:
     a = account()
-    entries = [chain.append(a, f"tr_{i}", 100, i) for i in range(1, 4)]
+    entries = [msgspec.structs.asdict(chain.append(a, f"tr_{i}", 100, i)) for i in range(1, 4)]
     entries[1] = {**entries[1], **change}
     walker = chain.Walker("acc_a")
     for entry in entries:
@@ -136,7 +138,7 @@ async def test_chains_stay_linear_with_several_workers_settling_at_once(
         stack.transfer(people[i % 4], people[(i + 1 + i // 4 % 3) % 4].account, "0.25")
         for i in range(60)
     ]
-    deposits = [admin.deposit(stack.store, people[i % 4].account, 100) for i in range(12)]
+    deposits = [stack.deposit(people[i % 4].account, 100) for i in range(12)]
     answers = await asyncio.gather(*sends, *deposits)
     refused = [
         a.text for a in answers[:60] if isinstance(a, httpx.Response) and a.status_code != 202

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ from typing import Any
 import httpx
 
 from server.settings import Settings
-from tests.conftest import Stack, execute, free_port, settings_env
+from tests.conftest import Stack, account_events, execute, free_port, settings_env
 
 
 def settle(settings: Settings, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -70,15 +71,26 @@ async def test_audit_reports_each_broken_invariant_and_exits_1(stack: Stack) -> 
     )
 
 
-async def test_freeze_and_unfreeze(stack: Stack) -> None:
+async def test_freeze_and_unfreeze_by_account_or_username_tell_every_subscriber(
+    stack: Stack,
+) -> None:
     alice, bob = await stack.customer("10.00"), await stack.customer("0")
-    assert settle(stack.settings, "account", "freeze", bob.account).returncode == 0
+    async with account_events(stack.settings, bob.account) as published:
+        frozen = settle(stack.settings, "account", "freeze", bob.username)
+        assert frozen.returncode == 0 and f"account {bob.account} is now frozen" in frozen.stdout
+        message = None
+        async with asyncio.timeout(10):
+            while message is None:  # the subscription's confirmation comes first
+                message = await published.get_message(ignore_subscribe_messages=True, timeout=1)
+        assert b'"type":"account.frozen"' in message["data"]
+    again = settle(stack.settings, "account", "freeze", bob.account)
+    assert again.returncode == 0 and "was already frozen" in again.stdout
     r = await stack.transfer(alice, bob.account, "1.00")
-    assert r.json()["error"]["code"] == "account_frozen"
+    assert r.json()["error"]["code"] == "recipient_unavailable"
     assert settle(stack.settings, "account", "unfreeze", bob.account).returncode == 0
     assert (await stack.transfer(alice, bob.account, "1.00")).status_code == 202
     missing = settle(stack.settings, "account", "freeze", "acc_nope")
-    assert missing.returncode == 1 and "no user account" in missing.stderr
+    assert missing.returncode == 1 and "no user account or user called" in missing.stderr
     await stack.settle_all()
 
 
@@ -212,3 +224,47 @@ async def test_settle_run_is_quiet_and_ctrl_c_prints_no_traceback(
     assert "Traceback" not in log
     # Migrations ran and the worker started, silently: their libraries speak from WARNING.
     assert " INFO alembic" not in log and " INFO arq" not in log, log
+
+
+def test_a_taken_port_is_one_clear_line_naming_port(settings: Settings, tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = str(taken.getsockname()[1])
+        for command in ("run", "web"):
+            env = {"SETTLE_VAR_DIR": str(tmp_path), "PORT": port, "HOST": "127.0.0.1"}
+            done = settle(settings, command, **env)
+            assert done.returncode == 1, (command, done.stderr)
+            assert "settle is running" not in done.stdout
+            lines = done.stderr.strip().splitlines()
+            assert len(lines) == 1 and "PORT" in lines[0] and port in lines[0], done.stderr
+            assert "Errno" not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_banner_lists_only_the_demo_users(settings: Settings, tmp_path: Path) -> None:
+    var = str(tmp_path)
+    made = settle(settings, "user", "create", "dora", "--password", "pw12345", SETTLE_VAR_DIR=var)
+    assert made.returncode == 0, made.stderr
+    assert settle(settings, "demo", SETTLE_VAR_DIR=var).returncode == 0
+    port = free_port()
+    env = settings_env(settings, SETTLE_VAR_DIR=var, PORT=str(port), HOST="127.0.0.1")
+    banner = []
+    with subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "run"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    ) as proc:
+        assert proc.stdout is not None
+        try:
+            for line in proc.stdout:  # written and flushed before it serves
+                banner.append(line)
+                if "press Ctrl+C" in line:
+                    break
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    text = "".join(banner)
+    assert f"settle is running at http://127.0.0.1:{port}/" in text
+    assert "demo users: alice, bob, carol  (password: settle-demo)" in text
+    assert "dora" not in text

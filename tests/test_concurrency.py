@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 
-from server.audit import audit
+from server.store.audit import audit
 from tests.conftest import Stack
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from starlette.routing import Mount, Route, WebSocketRoute
 
-from server.app import create_app
 from server.settings import Settings
+from server.web.app import create_app
 
 REPO = Path(__file__).resolve().parent.parent
 SPEC = (REPO / "docs" / "spec.md").read_text()

@@ -11,15 +11,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote_from_bytes
 
 import httpx
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
+from server.domain import errors, statements
 from tests.conftest import Customer, Stack
 from tests.test_sessions import csrf_of
 
@@ -58,6 +60,10 @@ def form_body(fields: dict[str, str]) -> bytes:
         quote_from_bytes(encode(k)).encode() + b"=" + quote_from_bytes(encode(v)).encode()
         for k, v in fields.items()
     )
+
+
+def query_string(fields: dict[str, str]) -> str:
+    return form_body(fields).decode()
 
 
 def check(r: httpx.Response) -> None:
@@ -204,3 +210,61 @@ def test_the_hostile_strategy_reaches_what_broke_before() -> None:
 
     draw()
     assert all(found.values()), found
+
+
+# Instants at the edges of what datetime holds, with every offset a client may write.
+offsets = st.integers(-(24 * 60 - 1), 24 * 60 - 1).map(
+    lambda m: "Z" if m == 0 else f"{'+' if m > 0 else '-'}{abs(m) // 60:02d}:{abs(m) % 60:02d}"
+)
+moments = st.one_of(
+    st.datetimes(max_value=datetime(1, 1, 3)),
+    st.datetimes(min_value=datetime(9999, 12, 29)),
+    st.datetimes(),
+)
+EARLY, LATE = "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"
+instants = st.one_of(
+    st.builds(lambda d, o: d.isoformat() + o, moments, offsets),
+    hostile.map(lambda v: v[:200]),
+)
+
+
+async def test_instants_and_ranges_never_fail_and_statements_are_whole(stack: Stack) -> None:
+    """Balances at a time and statements (JSON and CSV) over instants at the ends of the
+    calendar, in every offset: each answer is 200 with a whole body, or 422 naming the
+    field; never a 500, never a body cut short."""
+    alice, bob = await stack.customer("10.00"), await stack.customer("0")
+    assert (await stack.transfer(alice, bob.account, "1.00")).status_code == 202
+    await stack.settle_all()
+    base = f"/api/accounts/{alice.account}"
+
+    @FUZZ
+    @given(at=instants, start=instants, end=instants, csv=st.booleans())
+    # The two that answered 500 (and a JSON statement cut short) before they were bounded.
+    @example(at=EARLY, start=EARLY, end="2026-01-01T00:00:00Z", csv=False)
+    @example(at=LATE, start="2026-01-01T00:00:00Z", end=LATE, csv=True)
+    def ask(at: str, start: str, end: str, csv: bool) -> None:
+        with httpx.Client(base_url=stack.base_url, headers=alice.headers) as client:
+            balance = client.get(f"{base}/balance?{query_string({'at': at})}")
+            assert balance.status_code in (200, 422), balance.text
+            if balance.status_code == 422:
+                assert balance.json()["error"]["field"] == "at"
+            query = {"from": start, "to": end, **({"format": "csv"} if csv else {})}
+            sheet = client.get(f"{base}/statement?{query_string(query)}")
+            assert sheet.status_code in (200, 422), sheet.text
+            if sheet.status_code == 422:
+                assert sheet.json()["error"]["field"] in ("from", "to")
+            elif not csv:
+                assert sheet.json()["closing_balance"]  # the whole object, parsed
+
+    await asyncio.to_thread(ask)
+
+
+def test_the_edges_of_the_calendar_are_refused_by_name() -> None:
+    """Valid ISO 8601 instants that fall outside years 1 to 9999 once in UTC."""
+    for value in (EARLY, LATE):
+        try:
+            statements.instant(value, "at")
+        except errors.InvalidField as exc:
+            assert exc.field == "at" and "9999" in exc.message
+        else:
+            raise AssertionError(value)

@@ -15,11 +15,11 @@ from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from server.app import create_app
-from server.dispatch import channel
-from server.events import Event
+from server.domain.events import Event
+from server.live.dispatch import channel
 from server.settings import Settings
 from server.store import Store
+from server.web.app import create_app
 from tests.conftest import Customer, Stack, accept, serve
 
 TIMEOUT = 10.0  # under the 15 s heartbeat: live events must come from the hub
@@ -199,7 +199,7 @@ async def test_unpublished_events_are_filled_from_the_log_and_duplicates_dropped
         await publish(third.events)
         got = [await recv(ws) for _ in range(3)]
         assert [e["seq"] for e in got] == [start + 1, start + 2, start + 3]
-        assert got[2]["transfer"]["id"] == third.transfer_id
+        assert got[2]["transfer"]["id"] == third.transfer.id
 
         fourth = await accept(stack.store, alice.user_id, alice.account, bob.account, 100)
         await publish(fourth.events)
@@ -216,3 +216,25 @@ async def test_a_lost_last_publish_arrives_with_the_next_heartbeat(
             assert orjson.loads(await asyncio.wait_for(ws.recv(), TIMEOUT)) == {"type": "ping"}
             await accept(store, alice.user_id, alice.account, bob.account, 100)
             assert (await recv(ws))["seq"] == start + 1
+
+
+async def test_freezing_an_account_is_an_event_of_its_stream_live_and_on_resume(
+    stack: Stack,
+) -> None:
+    """account.frozen and account.unfrozen take the account's next seq, carry its new
+    state, reach a subscriber live, and are replayed like any event."""
+    alice = await stack.customer("10.00")
+    start = (await stack.account(alice))["seq"]
+    async with subscribe(stack.base_url, alice, since=start) as ws:
+        await stack.freeze(alice.account)
+        frozen = await recv(ws)
+        await stack.unfreeze(alice.account)
+        unfrozen = await recv(ws)
+    assert (frozen["type"], frozen["seq"]) == ("account.frozen", start + 1)
+    assert frozen["account_state"]["status"] == "frozen" and "transfer" not in frozen
+    assert frozen["balance"] == frozen["account_state"]["balance"]
+    assert frozen["balance"]["available"] == "10.00"
+    assert (unfrozen["type"], unfrozen["seq"]) == ("account.unfrozen", start + 2)
+    assert unfrozen["account_state"]["status"] == "active"
+    async with subscribe(stack.base_url, alice, since=start) as ws:
+        assert [await recv(ws), await recv(ws)] == [frozen, unfrozen], "replayed as sent"

@@ -1,5 +1,5 @@
 """Each web process subscribes on Redis to the channels of the accounts it has sockets
-for, and only those (server/hub.py): real uvicorn servers, real Redis, real sockets."""
+for, and only those (server/live/hub.py): real uvicorn servers, real Redis, real sockets."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from server.dispatch import channel
-from server.hub import Hub, Subscription
-from server.inbox import RESYNC, Outgoing
+from server.live.dispatch import channel
+from server.live.hub import Hub, Subscription
+from server.live.inbox import RESYNC, Outgoing
 from server.settings import Settings
 from server.store import Store
 from tests.conftest import Stack

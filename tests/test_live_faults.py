@@ -20,12 +20,12 @@ from starlette.websockets import WebSocket
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from server import reads
-from server.dispatch import Dispatcher, channel
+from server.domain.settlement import partition_of
+from server.live.dispatch import Dispatcher, channel
 from server.redisbox import redis_settings, start_redis_server, stop_redis_server
 from server.settings import Settings
-from server.store import Store
-from server.ws import same_origin
+from server.store import Store, reads
+from server.web.ws import same_origin
 from tests.conftest import Stack, accept
 from tests.test_live import close_code, recv, seq_of, server_stack, subscribe, ws_url
 
@@ -52,10 +52,11 @@ async def test_subscriber_gets_every_event_once_across_a_redis_restart(
                 # Only the hub's resync after reconnecting can deliver these two.
                 seen += [await recv(ws) for _ in range(2)]
 
-                # The restarted Redis lost the queued jobs: enqueue again, as the sweeper would.
-                pending = await reads.pending_older_than(store, 2**62)
+                # The restarted Redis lost the rings: ring again, as the sweeper would.
+                slots = await reads.pending_slots_older_than(store, 2**62)
+                parts = stack.settings.settle_partitions
                 async with _dispatcher(stack.settings) as dispatch:
-                    await dispatch.enqueue_settlement(pending)
+                    await dispatch.ring({partition_of(s, parts) for s in slots})
                 await stack.settle_all()
                 seen += [await recv(ws) for _ in range(3)]
             assert [e["seq"] for e in seen] == list(range(start + 1, start + 7))
@@ -281,6 +282,14 @@ FUZZ_CASES = 80
 
 def fuzz_case(rng: random.Random, own: str, others: list[str]) -> tuple[str, list[str | bytes]]:
     """A random query string (some parts valid, some hostile) and client frames."""
+    parts = _fuzz_query(rng, own, others)
+    frames: list[str | bytes] = []
+    for _ in range(rng.randint(0, 3)):
+        frames.extend(_fuzz_frames(rng, others))
+    return "&".join(parts), frames
+
+
+def _fuzz_query(rng: random.Random, own: str, others: list[str]) -> list[str]:
     accounts = [own, *others, "", "acc_" + "x" * rng.randint(1, 3000), "%00%ff", "&since=1"]
     parts = []
     if rng.random() < 0.9:
@@ -296,20 +305,20 @@ def fuzz_case(rng: random.Random, own: str, others: list[str]) -> tuple[str, lis
         junk = (chr(rng.randint(33, 126)) for _ in range(rng.randint(1, 40)))
         parts.append("".join(junk).replace("#", "%23"))  # a "#" would end the URL
     rng.shuffle(parts)
-    frames: list[str | bytes] = []
-    for _ in range(rng.randint(0, 3)):
-        kind = rng.choice(["text", "binary", "huge", "flood", "json"])
-        if kind == "text":
-            frames.append("".join(chr(rng.randint(1, 0x2FFF)) for _ in range(rng.randint(0, 200))))
-        elif kind == "binary":
-            frames.append(rng.randbytes(rng.randint(0, 10_000)))
-        elif kind == "huge":
-            frames.append("x" * rng.randint(4097, 100_000))
-        elif kind == "flood":
-            frames.extend(['{"type":"hello"}'] * 60)
-        else:
-            frames.append(f'{{"type":"subscribe","account":"{rng.choice(others)}"}}')
-    return "&".join(parts), frames
+    return parts
+
+
+def _fuzz_frames(rng: random.Random, others: list[str]) -> list[str | bytes]:
+    kind = rng.choice(["text", "binary", "huge", "flood", "json"])
+    if kind == "text":
+        return ["".join(chr(rng.randint(1, 0x2FFF)) for _ in range(rng.randint(0, 200)))]
+    if kind == "binary":
+        return [rng.randbytes(rng.randint(0, 10_000))]
+    if kind == "huge":
+        return ["x" * rng.randint(4097, 100_000)]
+    if kind == "flood":
+        return ['{"type":"hello"}'] * 60
+    return [f'{{"type":"subscribe","account":"{rng.choice(others)}"}}']
 
 
 async def test_fuzzed_queries_and_frames_never_leak_or_crash(stack: Stack) -> None:

@@ -4,9 +4,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from server.api import JsonNumber
-from server.errors import InvalidAmount
-from server.money import MAX_AMOUNT, format_amount, parse_amount
+from server.domain.errors import InvalidAmount
+from server.domain.money import MAX_AMOUNT, format_amount, parse_amount
+from server.web.fields import JsonNumber
 
 
 @pytest.mark.parametrize(

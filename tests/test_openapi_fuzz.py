@@ -32,10 +32,11 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from server import admin, api
-from server.openapi import SCHEMA
 from server.settings import Settings
-from tests.conftest import Customer, Stack
+from server.store import accounts as admin
+from server.web import api, passkeys_api, webhooks_api
+from server.web.openapi import SCHEMA
+from tests.conftest import Customer, Stack, fund
 
 # Generated requests per operation (derandomized: CI sends the same ones every run), after
 # the coverage cases; the whole module takes about 20 s on two cores.
@@ -58,7 +59,8 @@ OPERATIONS = sorted(
 
 def test_the_schema_is_valid_openapi_and_documents_every_api_route() -> None:
     schemathesis.openapi.from_dict(SCHEMA).validate()
-    routes = {(r.path, m) for r in api.routes for m in (r.methods or ()) if m != "HEAD"}
+    every = [*api.routes, *webhooks_api.routes, *passkeys_api.routes]
+    routes = {(r.path, m) for r in every for m in (r.methods or ()) if m != "HEAD"}
     assert routes == {(p, m) for p, m in OPERATIONS if p.startswith("/api/")}
 
 
@@ -89,12 +91,12 @@ class World:
 async def world(stack: Stack) -> World:
     user = await stack.customer("1000.00")
     # Enough that most generated amounts (up to 1,000,000,000.00) can be accepted.
-    await admin.deposit(stack.store, user.account, 10**14)
+    await fund(stack.store, user.account, 10**14)
     other = await stack.customer("1000.00")
     third = await stack.customer("0")
     _, euro = await admin.create_user(stack.store, f"euro{uuid.uuid4().hex[:8]}", "-", "EUR")
     frozen = await stack.customer("0")
-    await admin.set_status(stack.store, frozen.account, "frozen")
+    await stack.freeze(frozen.account)
 
     async def send(who: Customer, to: str) -> str:
         r = await stack.transfer(who, to, "1.00")

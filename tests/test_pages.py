@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import re
 
+import orjson
 import sqlalchemy as sa
 
-from server import fragments
-from server.schema import transfers
+from server.domain import events, wire
+from server.domain.events import Event
+from server.store.schema import transfers
+from server.web import fragments
 from tests.conftest import Customer, Stack
 from tests.test_sessions import browser, csrf_of, login
 
@@ -77,12 +80,13 @@ async def test_plain_form_post_redirects_to_the_account_page_showing_the_pending
             "to": bob.username,
             "amount": "12.34",
             "memo": "lunch",
+            "confirm_recipient": bob.account,  # the first payment to bob: "Yes, send"
         }
         r = await client.post(f"/accounts/{alice.account}/transfers", data=form)
         assert r.status_code == 303
         assert r.headers["location"].startswith(f"/accounts/{alice.account}?sent=tr_")
         page = (await client.get(r.headers["location"])).text
-        assert "pending until it settles" in page and "lunch" in page
+        assert "Sent — pending" in page and "lunch" in page
         assert 'data-status="pending"' in page and "$87.66" in page
 
         # The same form again (back button, double submit): one transfer, and it says so.
@@ -100,7 +104,12 @@ async def test_htmx_post_answers_with_the_row_balance_announcement_and_a_fresh_f
     alice, bob = await stack.customer("100.00"), await stack.customer("0")
     async with browser(stack) as client:
         csrf = await login(client, alice)
-        form = {"to": bob.account, "amount": "10", "idempotency_key": "form-1"}
+        form = {
+            "to": bob.account,
+            "amount": "10",
+            "idempotency_key": "form-1",
+            "confirm_recipient": bob.account,
+        }
         headers = {"HX-Request": "true", "X-CSRF-Token": csrf}
         r = await client.post(f"/accounts/{alice.account}/transfers", data=form, headers=headers)
         assert r.status_code == 202, r.text
@@ -126,9 +135,9 @@ async def test_form_errors_render_inline_and_keep_what_was_typed(stack: Stack) -
         url = f"/accounts/{alice.account}/transfers"
         r = await client.post(url, data={"to": "nobody", "amount": "1"}, headers=headers)
         assert r.status_code == 404 and 'id="to-error"' in r.text and 'value="nobody"' in r.text
-        # NUL cannot be stored in PostgreSQL text: no one is called that, and no 500.
+        # NUL breaks the text rule (and cannot be stored in PostgreSQL text): 422, no 500.
         r = await client.post(url, data={"to": "bob\x00", "amount": "1"}, headers=headers)
-        assert r.status_code == 404 and 'id="to-error"' in r.text
+        assert r.status_code == 422 and 'id="to-error"' in r.text
         r = await client.post(url, data={"to": alice.username, "amount": "1.234"}, headers=headers)
         assert r.status_code == 422 and 'id="amount-error"' in r.text
         other = await stack.customer("0")
@@ -148,13 +157,15 @@ async def test_memos_and_names_are_escaped(stack: Stack) -> None:
         assert "&lt;script&gt;alert(1)&lt;/script&gt;&lt;img src=x onerror=alert(2)&gt;" in page
         assert "<img src=x" not in page
     content = fragments.content_renderer(fragments.environment())(
-        {
-            "type": "transfer.pending",
-            "account": bob.account,
-            "seq": 9,
-            "transfer": r.json(),
-            "balance": r.json()["balance"],
-        }
+        from_message(
+            {
+                "type": "transfer.pending",
+                "account": bob.account,
+                "seq": 9,
+                "transfer": {k: v for k, v in r.json().items() if k != "balance"},
+                "balance": r.json()["balance"],
+            }
+        )
     )
     assert "<img src=x" not in content and "&lt;script&gt;" in content
     await stack.settle_all()
@@ -175,7 +186,8 @@ async def test_sender_cancels_a_pending_transfer_from_the_page(stack: Stack) -> 
         assert r.status_code == 200 and 'data-status="cancelled"' in r.text
         assert "Cancelled: $20.00 released" in r.text
         r = await client.post(f"/transfers/{tid}/cancel", data={"csrf_token": csrf})
-        assert r.status_code == 409 and "no longer pending" in r.text
+        assert r.status_code == 303 and r.headers["location"].endswith("?cancel=too-late")
+        assert "no longer pending" in (await client.get(r.headers["location"])).text
     await stack.settle_all()
 
 
@@ -183,15 +195,19 @@ def test_stream_content_repaints_balance_row_and_announces_the_outcome() -> None
     render = fragments.content_renderer(fragments.environment())
     transfer = {
         "id": "tr_x",
+        "kind": "transfer",
         "from_account": "acc_a",
+        "from_name": "alice",
         "to_account": "acc_b",
+        "to_name": "bob",
         "amount": "12.00",
         "currency": "USD",
         "memo": "",
         "status": "failed",
         "failure_reason": "account_frozen",
-        "created_at": None,
-        "settled_at": None,
+        "created_at": "2026-12-07T10:00:00.000+00:00",
+        "settled_at": "2026-12-07T10:00:00.003+00:00",
+        "expires_at": None,
         "settled_in_ms": 3.0,
     }
     balance = {
@@ -202,13 +218,25 @@ def test_stream_content_repaints_balance_row_and_announces_the_outcome() -> None
         "projected": "100.00",
     }
     message = {"type": "transfer.failed", "account": "acc_a", "seq": 3}
-    html = render({**message, "transfer": transfer, "balance": balance})
+    html = render(from_message({**message, "transfer": transfer, "balance": balance}))
     assert 'id="balance-acc_a"' in html and 'data-version="3"' in html
     assert 'id="row-tr_x"' in html and "the recipient&#39;s account is frozen" in html
-    assert "Rolled back: $12.00 returned" in html and 'aria-live="polite"' in html
+    assert "$12.00 released: the transfer to bob failed" in html and 'aria-live="polite"' in html
     # A snapshot carries no fragments: the page reloads its history (static/settle.js).
-    assert render({"type": "snapshot", "account": "acc_a", "seq": 7, "balance": balance}) == ""
-    assert render({"type": "ping"}) == ""
+    snapshot = {"type": "snapshot", "account": "acc_a", "seq": 7, "balance": balance}
+    assert events.parse(events.decode(orjson.dumps(snapshot)) or NOT_AN_EVENT) is None
+
+
+NOT_AN_EVENT = wire.EventJSON("ping", "", 0)
+
+
+def from_message(message: dict[str, object]) -> Event:
+    """A stream message as the hub reads it back before rendering its fragments."""
+    decoded = events.decode(orjson.dumps(message))
+    assert decoded is not None
+    event = events.parse(decoded)
+    assert event is not None
+    return event
 
 
 def test_javascript_shipped_to_a_page_stays_under_60_kb() -> None:

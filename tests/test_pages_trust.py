@@ -10,7 +10,7 @@ import io
 import re
 from datetime import UTC, datetime
 
-from server import admin, present
+from server.domain import wording as present
 from tests.conftest import Customer, Stack
 from tests.test_pages import KEY, sent_by
 from tests.test_sessions import browser, csrf_of, login
@@ -30,7 +30,8 @@ async def test_rows_name_the_other_party_with_a_local_time_and_the_deposit(stack
         page = (await client.get(f"/accounts/{alice.account}")).text
         rows = ROW.findall(page)
         assert f"To {bob.username}" in rows[0] and "\N{MINUS SIGN}$4.30" in rows[0]
-        assert "expected by" in rows[0] and '<time datetime="' in rows[0] and "UTC" in rows[0]
+        assert "usually arrives in seconds" in rows[0] and "expected by" not in rows[0]
+        assert '<time class="when" datetime="' in rows[0] and "UTC" in rows[0]
         assert "Bank deposit" in rows[1] and "+$100.00" in rows[1]
         assert bob.account not in rows[0]
     await stack.settle_all()
@@ -46,13 +47,13 @@ async def test_failed_and_cancelled_amounts_read_as_not_charged_from_each_side(
 ) -> None:
     alice, bob = await stack.customer("100.00"), await stack.customer("0")
     await stack.transfer(alice, bob.account, "40.00")
-    await admin.set_status(stack.store, bob.account, "frozen")
+    await stack.freeze(bob.account)
     await stack.settle_all()
     async with browser(stack) as client:
         await login(client, alice)
         row = ROW.findall((await client.get(f"/accounts/{alice.account}")).text)[0]
         assert "<s>$40.00</s>" in row and "not charged" in row and "\N{MINUS SIGN}$40.00" not in row
-        assert "the recipient&#39;s account is frozen" in row
+        assert "this recipient cannot receive money right now" in row
     async with browser(stack) as client:
         await login(client, bob)
         page = (await client.get(f"/accounts/{bob.account}")).text
@@ -81,7 +82,10 @@ async def test_a_stale_cancel_says_what_happened_instead_of_an_error_code(stack:
     async with browser(stack) as client:
         csrf = await login(client, alice)
         r = await client.post(f"/transfers/{tid}/cancel", data={"csrf_token": csrf})
-        assert r.status_code == 409
+        # Without JavaScript: post, then redirect to a page that says what happened.
+        assert r.status_code == 303
+        assert r.headers["location"] == f"/transfers/{tid}?cancel=too-late"
+        r = await client.get(r.headers["location"])
         assert "Too late to cancel" in r.text and "already been delivered" in r.text
         assert "not_pending" not in r.text and "Cancel this transfer" not in r.text
         r = await client.post(
@@ -100,7 +104,7 @@ async def test_the_same_amount_to_the_same_person_asks_before_sending_again(
         await login(client, alice)
         page = (await client.get(f"/accounts/{alice.account}")).text
         fields = {"to": bob.username, "amount": "4.30", "memo": ""}
-        r = await client.post(url, data=form_of(page, **fields))
+        r = await client.post(url, data=form_of(page, **fields, confirm_recipient=bob.account))
         assert r.status_code == 303
         page = (await client.get(f"/accounts/{alice.account}")).text
         r = await client.post(url, data=form_of(page, **fields))
@@ -122,7 +126,7 @@ async def test_the_form_key_survives_a_reload_until_its_transfer_is_known(stack:
         first = KEY.findall((await client.get(f"/accounts/{alice.account}")).text)[0]
         reloaded = (await client.get(f"/accounts/{alice.account}")).text
         assert KEY.findall(reloaded)[0] == first, "a reload renders the same key"
-        fields = {"to": bob.username, "amount": "7.00"}
+        fields = {"to": bob.username, "amount": "7.00", "confirm_recipient": bob.account}
         r = await client.post(url, data=form_of(reloaded, **fields))
         assert r.status_code == 303
         # The answer was lost; the page is reloaded; the stale form sent again: replayed.
@@ -165,6 +169,10 @@ async def test_form_errors_say_the_fix_per_field_and_clear_on_the_next_attempt(
         r = await client.post(url, data=form_of(page, to=bob.username, amount="100"))
         assert "You have $87.66 available" in r.text
         r = await client.post(url, data=form_of(page, to=bob.username, amount="1"))
+        assert r.status_code == 200 and "You have not paid" in r.text, "first, who is it?"
+        r = await client.post(
+            url, data=form_of(page, to=bob.username, amount="1", confirm_recipient=bob.account)
+        )
         assert r.status_code == 303, "the next good attempt goes through"
         page = (await client.get(r.headers["location"])).text
         assert "field-error" not in page and "aria-invalid" not in page
@@ -185,7 +193,7 @@ async def test_the_preview_says_what_would_be_left_or_why_it_would_fail(stack: S
         assert "You have $50.00 available" in r.text
         r = await client.post(url, data={**data, "to": bob.username, "amount": "1.234"})
         assert "Enter an amount like 12.34" in r.text
-        await admin.set_status(stack.store, bob.account, "frozen")
+        await stack.freeze(bob.account)
         r = await client.post(url, data={**data, "to": bob.username, "amount": "1"})
         assert "cannot receive money" in r.text
         r = await client.post(url, data={"to": bob.username, "amount": "1"})
@@ -216,12 +224,14 @@ async def test_the_monthly_statement_page_and_its_csv(stack: Stack) -> None:
         assert "Bank deposit" in page and "Funding USD" not in page
         assert f"statement.csv?month={month}" in page and "Previous month" in page
         old = (await client.get(f"/accounts/{alice.account}/statement?month=2001-02")).text
-        assert "Nothing settled on this account in February 2001" in old and "Next month" in old
+        assert "Nothing arrived in or left this account in February 2001" in old
+        assert "Next month" in old
         r = await client.get(f"/accounts/{alice.account}/statement.csv?month={month}")
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
         rows = list(csv.reader(io.StringIO(r.text)))
-        assert rows[0][0] == "at" and rows[-1][4:] == ["-30.00", "70.00"]
-        assert rows[-1][3] == "'=rent"
+        assert rows[0] == ["Account holder", alice.username]
+        rent = next(row for row in rows if row[-1:] and row[-1].startswith("tr_") and row[3])
+        assert rent[1:6] == [bob.username, "'=rent", "30.00", "", "70.00"]
         r = await client.get(f"/accounts/{alice.account}/statement?month=2026-13")
         assert r.status_code == 422
         r = await client.get(f"/accounts/{bob.account}/statement")
@@ -245,6 +255,10 @@ async def test_without_javascript_focus_lands_on_the_result(stack: Stack) -> Non
         r = await client.post(url, data=form_of(page, to=bob.username, amount="x"))
         assert re.search(r'<input id="amount"[^>]*autofocus', r.text)
         r = await client.post(url, data=form_of(page, to=bob.username, amount="1"))
+        assert re.search(r'id="confirm-recipient"[^>]*autofocus', r.text)
+        r = await client.post(
+            url, data=form_of(page, to=bob.username, amount="1", confirm_recipient=bob.account)
+        )
         page = (await client.get(r.headers["location"])).text
         assert re.search(r'id="form-status"[^>]*autofocus', page)
     await stack.settle_all()
@@ -257,13 +271,17 @@ async def test_a_form_key_already_used_elsewhere_names_what_it_sent(stack: Stack
         await login(client, alice)
         first_tab = (await client.get(f"/accounts/{alice.account}")).text
         second_tab = (await client.get(f"/accounts/{alice.account}")).text
-        r = await client.post(url, data=form_of(first_tab, to=bob.username, amount="5.00"))
+        fields = {"to": bob.username, "amount": "5.00", "confirm_recipient": bob.account}
+        r = await client.post(url, data=form_of(first_tab, **fields))
         assert r.status_code == 303
         r = await client.post(url, data=form_of(second_tab, to=carol.username, amount="6.00"))
         assert r.status_code == 422
-        assert f"This form already sent $5.00 to {bob.username} (pending)" in r.text
+        assert f"You already sent $5.00 to {bob.username} from another tab (pending)" in r.text
         assert 'value="6.00"' in r.text, "what was typed is kept"
         r = await client.post(url, data=form_of(r.text, to=carol.username, amount="6.00"))
+        assert r.status_code == 200 and "You have not paid" in r.text
+        fields = {"to": carol.username, "amount": "6.00", "confirm_recipient": carol.account}
+        r = await client.post(url, data=form_of(r.text, **fields))
         assert r.status_code == 303, "sent again, with the new key, it goes through"
     assert await sent_by(stack, alice) == 2
     await stack.settle_all()

@@ -1,4 +1,4 @@
-"""The limits a client cannot stretch (server/protocol.py), against a real uvicorn served
+"""The limits a client cannot stretch (server/web/protocol.py), against a real uvicorn served
 as ``settle web`` serves, over raw sockets: header size, slow headers and bodies, the
 connection cap, and WebSocket messages refused before they are buffered."""
 
@@ -14,14 +14,15 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import orjson
 import uvicorn
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from server import protocol
-from server.app import create_app
 from server.settings import Settings
 from server.store import Store
+from server.web import protocol
+from server.web.app import create_app
 from tests.conftest import Stack, free_socket
 from tests.test_live import ws_url
 
@@ -136,13 +137,38 @@ async def test_a_client_trickling_its_headers_or_body_is_cut_off_with_408(
         assert (await exchange(port, post)).startswith(b"HTTP/1.1 408 ")
 
 
-async def test_connections_over_the_cap_get_503(settings: Settings, store: Store) -> None:
+class SmallReserve(protocol.GuardedHttp):
+    """The same protocol with a reserve small enough to fill in a test."""
+
+    reserve = 2
+
+
+async def test_connections_over_the_cap_get_503_but_health_checks_get_the_reserve(
+    settings: Settings, store: Store
+) -> None:
+    """With the cap full, a connection of the reserve is answered /healthz and /readyz
+    (once, then closed) and 503 for anything else; with the reserve full too, 503 at
+    once, before a byte is sent. (Before: /healthz answered 503 once the cap was full.)"""
     capped = dataclasses.replace(settings, max_connections=3)
-    async with served(capped, store) as port:
+    async with served(capped, store, http=SmallReserve) as port:
         held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
         try:
-            refused = await exchange(port, head(b"\r\n"))
-            assert refused.startswith(b"HTTP/1.1 503 ") and b"too many open connections" in refused
+            for path in (b"/healthz", b"/readyz"):
+                answer = await exchange(port, b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert (
+                    answer.startswith(b"HTTP/1.1 200 ") and b"\r\nconnection: close\r\n" in answer
+                )
+            for request in (b"GET /api/accounts", b"GET /ws", b"POST /healthz", b"GET /"):
+                refused = await exchange(port, request + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert (
+                    refused.startswith(b"HTTP/1.1 503 ") and b"too many open connections" in refused
+                )
+            # The reserve full too: refused at once, without waiting for a request.
+            held += [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            refused = await asyncio.wait_for(reader.read(), 10)
+            writer.close()
+            assert refused.startswith(b"HTTP/1.1 503 ")
         finally:
             for _, writer in held:
                 writer.close()
@@ -153,6 +179,39 @@ async def test_connections_over_the_cap_get_503(settings: Settings, store: Store
                 break
             await asyncio.sleep(0.02)
         assert answer.startswith(b"HTTP/1.1 200")
+
+
+class QuickIdle(Quick):
+    idle_timeout_s = 0.3
+    header_timeout_s = 1.0
+
+
+async def closed_by_server(reader: asyncio.StreamReader) -> bytes:
+    """What the server sends until it closes the connection (within 10 s, or fail)."""
+    return await asyncio.wait_for(reader.read(), 10)
+
+
+async def test_a_silent_connection_is_closed_from_accept_and_between_requests(
+    settings: Settings, store: Store
+) -> None:
+    """A socket that never sends a byte, a kept-alive one that goes quiet, and one whose
+    answer came before its body did, then went quiet: each is closed, with nothing
+    written. (Before: the first and the last were held open forever.)"""
+    async with served(settings, store, http=QuickIdle) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        assert await closed_by_server(reader) == b""
+        writer.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(head(b"\r\n"))
+        answer = await closed_by_server(reader)
+        assert answer.startswith(b"HTTP/1.1 200 ") and b"connection: close" not in answer
+        writer.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /api/nope HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n")
+        assert (await reader.readuntil(b"}}")).startswith(b"HTTP/1.1 404 ")
+        writer.write(b"12345")
+        assert await closed_by_server(reader) == b""
+        writer.close()
 
 
 async def test_a_websocket_frame_over_4_kib_is_refused_1009_unread(stack: Stack) -> None:
@@ -239,3 +298,73 @@ async def test_no_server_header_and_api_answers_are_not_cached(stack: Stack) -> 
     assert https.headers["strict-transport-security"].startswith("max-age=")
     static = await stack.client.get("/static/settle.css")
     assert "no-store" not in static.headers.get("cache-control", "")
+
+
+def parsed_head(answer: bytes) -> tuple[int, dict[str, str], bytes]:
+    """An answer as written on the wire: its status, headers (each once) and body."""
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    fields: dict[str, str] = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        assert name.lower() not in fields, f"{name} twice"
+        fields[name.lower()] = value.strip()
+    assert int(fields["content-length"]) == len(body)
+    return int(status_line.split()[1]), fields, body
+
+
+def parsed(answer: bytes) -> tuple[int, dict[str, str], dict[str, Any]]:
+    """A refusal as written on the wire: its status, headers and JSON body."""
+    status, fields, body = parsed_head(answer)
+    return status, fields, orjson.loads(body)
+
+
+async def test_the_protocol_s_own_refusals_carry_every_header_and_the_error_shape(
+    settings: Settings, store: Store
+) -> None:
+    """431, 408, 503 and the 400 of a request uvicorn's parser refuses: JSON errors with
+    nosniff, Referrer-Policy, no-store and `Connection: close`. (Before: no nosniff, and
+    the 400 was uvicorn's text/plain.)"""
+    refusals = {}
+    async with served(settings, store, http=Quick) as port:
+        refusals[431] = await exchange(port, head(b"X-Pad: " + b"a" * 20_000 + b"\r\n\r\n"))
+        refusals[408] = await exchange(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        refusals[400] = await exchange(port, head(b"Bad\x01Name: 1\r\n\r\n"))
+    async with served(dataclasses.replace(settings, max_connections=1), store) as port:
+        _, held = await asyncio.open_connection("127.0.0.1", port)
+        refusals[503] = await exchange(port, b"GET /api/accounts HTTP/1.1\r\nHost: x\r\n\r\n")
+        held.close()
+    codes = {
+        400: "bad_request",
+        408: "request_timeout",
+        431: "headers_too_large",
+        503: "service_unavailable",
+    }
+    for status, answer in refusals.items():
+        got, fields, body = parsed(answer)
+        assert got == status
+        assert body["error"]["code"] == codes[status] and body["error"]["message"]
+        assert fields["content-type"] == "application/json"
+        assert fields["x-content-type-options"] == "nosniff"
+        assert fields["referrer-policy"] == "same-origin"
+        assert fields["cache-control"] == "no-store"
+        assert fields["connection"] == "close"
+
+
+async def test_a_refused_websocket_handshake_is_answered_in_the_error_shape(
+    settings: Settings, store: Store
+) -> None:
+    """A handshake the WebSocket library refuses (here: no Sec-WebSocket-Key). Before:
+    its text/plain 400, without nosniff."""
+    async with served(settings, store) as port:
+        answer = await exchange(
+            port,
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n",
+        )
+    status, fields, body = parsed(answer)
+    assert status == 400 and body["error"]["code"] == "bad_request"
+    assert "Sec-WebSocket-Key" in body["error"]["message"]
+    assert fields["content-type"] == "application/json"
+    assert fields["x-content-type-options"] == "nosniff" and fields["cache-control"] == "no-store"
+    assert fields["connection"] == "close"

@@ -23,13 +23,14 @@ import sqlalchemy as sa
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosedError
 
-from server import admin, auth, passwords, views
-from server.audit import audit
-from server.money import format_amount
-from server.schema import accounts, transfers
+from server.domain.money import format_amount
 from server.settings import Settings
 from server.store import Store
-from tests.conftest import free_port
+from server.store import accounts as admin
+from server.store.audit import audit
+from server.store.schema import accounts, transfers
+from server.web import auth, passwords
+from tests.conftest import balance_json, free_port, fund
 from tests.fleet import Fleet, Holder
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -132,6 +133,82 @@ async def wait_until(what: str, done: Any, fleet: Fleet, deadline: float) -> Non
         await asyncio.sleep(0.1)
 
 
+async def holder(store: Store, name: str) -> Holder:
+    user_id, account = await admin.create_user(store, name, passwords.hash_password("pw"))
+    await fund(store, account, DEPOSIT)
+    return Holder(account, await auth.issue_token(store, user_id, 3600))
+
+
+async def send_all(
+    sends: list[Send], holders: list[Holder], ports: list[int]
+) -> list[tuple[Send, httpx.Response]]:
+    """Every send, by CLIENTS clients spread over the web processes."""
+    todo: asyncio.Queue[Send] = asyncio.Queue()
+    for send in sends:
+        todo.put_nowait(send)
+    results: list[tuple[Send, httpx.Response]] = []
+
+    async def client(port: int) -> None:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as c:
+            while not todo.empty():
+                send = todo.get_nowait()
+                src, dst = holders[send.sender], holders[send.recipient]
+                headers = {**src.headers, "Idempotency-Key": send.key}
+                body = {
+                    "from_account": src.account,
+                    "to_account": dst.account,
+                    "amount": format_amount(send.amount),
+                    "memo": MEMO,
+                }
+                results.append((send, await post(c, body, headers)))
+
+    await asyncio.gather(*(client(ports[i % WEB_PROCESSES]) for i in range(CLIENTS)))
+    return results
+
+
+def accepted_once(results: list[tuple[Send, httpx.Response]]) -> set[str]:
+    """The ids accepted: overdrafts refused, everything else accepted, a key's two sends
+    one transfer (one of them replayed)."""
+    accepted: set[str] = set()
+    by_key: dict[str, list[httpx.Response]] = collections.defaultdict(list)
+    for send, r in results:
+        if send.kind == "overdrawn":
+            assert r.status_code == 422, r.text
+            assert r.json()["error"]["code"] == "insufficient_funds"
+            continue
+        # Every sender holds 1000.00 and sends at most a few hundred in 2.00 steps.
+        assert r.status_code == 202, r.text
+        accepted.add(r.json()["id"])
+        if send.kind == "keyed":
+            by_key[send.key].append(r)
+    assert len(by_key) == KEYED
+    for key, pair in by_key.items():
+        assert len({r.json()["id"] for r in pair}) == 1, key
+        replayed = [r.headers.get("Idempotent-Replayed") for r in pair]
+        # Both replayed only if the original's response was lost and retried.
+        assert replayed.count("true") >= 1 and replayed.count(None) <= 1, key
+    assert len(accepted) == PLAIN + KEYED
+    return accepted
+
+
+async def settled_exactly(store: Store, accepted: set[str]) -> dict[str, Any]:
+    """Exactly the accepted transfers exist, all completed, and the balances add up;
+    the accounts' rows, by id."""
+    rows = await store.fetch_all(
+        sa.select(transfers.c.id, transfers.c.status).where(transfers.c.memo == MEMO)
+    )
+    assert {r["id"] for r in rows} == accepted, "exactly the accepted transfers exist"
+    assert len(rows) == len(accepted), "no duplicate from a repeated key"
+    # No account is ever frozen here, so nothing may fail.
+    assert collections.Counter(r["status"] for r in rows) == {"completed": len(accepted)}
+    balances = {r["id"]: r for r in await store.fetch_all(sa.select(accounts))}
+    users = [r for r in balances.values() if r["kind"] == "user"]
+    assert sum(r["posted"] for r in balances.values()) == 0
+    assert sum(r["posted"] for r in users) == ACCOUNTS * DEPOSIT
+    assert all(r["pending_debits"] == r["pending_credits"] == 0 for r in balances.values())
+    return balances
+
+
 async def test_many_processes_settle_every_transfer_once_and_streams_match_the_ledger(
     settings: Settings, store: Store, fleet: Fleet
 ) -> None:
@@ -141,13 +218,7 @@ async def test_many_processes_settle_every_transfer_once_and_streams_match_the_l
     for i in range(WORKERS):
         fleet.start(f"worker{i}", "worker")
 
-    holders: list[Holder] = []
-    for i in range(ACCOUNTS):
-        user_id, account = await admin.create_user(
-            store, f"scale{i}", passwords.hash_password("pw")
-        )
-        await admin.deposit(store, account, DEPOSIT)
-        holders.append(Holder(account, await auth.issue_token(store, user_id, 3600)))
+    holders = [await holder(store, f"scale{i}") for i in range(ACCOUNTS)]
     for port in ports:
         await fleet.ready(port)
 
@@ -160,47 +231,9 @@ async def test_many_processes_settle_every_transfer_once_and_streams_match_the_l
         await asyncio.wait_for(asyncio.gather(*(w.started.wait() for w in watchers)), 30)
 
         sends = plan(random.Random(5))
-        todo: asyncio.Queue[Send] = asyncio.Queue()
-        for send in sends:
-            todo.put_nowait(send)
-        results: list[tuple[Send, httpx.Response]] = []
-
-        async def client(port: int) -> None:
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as c:
-                while not todo.empty():
-                    send = todo.get_nowait()
-                    src, dst = holders[send.sender], holders[send.recipient]
-                    headers = {**src.headers, "Idempotency-Key": send.key}
-                    body = {
-                        "from_account": src.account,
-                        "to_account": dst.account,
-                        "amount": format_amount(send.amount),
-                        "memo": MEMO,
-                    }
-                    results.append((send, await post(c, body, headers)))
-
-        await asyncio.gather(*(client(ports[i % WEB_PROCESSES]) for i in range(CLIENTS)))
+        results = await send_all(sends, holders, ports)
         assert len(results) == len(sends) == 2000
-
-        accepted: set[str] = set()
-        by_key: dict[str, list[httpx.Response]] = collections.defaultdict(list)
-        for send, r in results:
-            if send.kind == "overdrawn":
-                assert r.status_code == 422, r.text
-                assert r.json()["error"]["code"] == "insufficient_funds"
-                continue
-            # Every sender holds 1000.00 and sends at most a few hundred in 2.00 steps.
-            assert r.status_code == 202, r.text
-            accepted.add(r.json()["id"])
-            if send.kind == "keyed":
-                by_key[send.key].append(r)
-        assert len(by_key) == KEYED
-        for key, pair in by_key.items():
-            assert len({r.json()["id"] for r in pair}) == 1, key
-            replayed = [r.headers.get("Idempotent-Replayed") for r in pair]
-            # Both replayed only if the original's response was lost and retried.
-            assert replayed.count("true") >= 1 and replayed.count(None) <= 1, key
-        assert len(accepted) == PLAIN + KEYED
+        accepted = accepted_once(results)
 
         deadline = time.monotonic() + DEADLINE_S
 
@@ -212,19 +245,7 @@ async def test_many_processes_settle_every_transfer_once_and_streams_match_the_l
 
         await wait_until("no transfer is pending", nothing_pending, fleet, deadline)
 
-        rows = await store.fetch_all(
-            sa.select(transfers.c.id, transfers.c.status).where(transfers.c.memo == MEMO)
-        )
-        assert {r["id"] for r in rows} == accepted, "exactly the accepted transfers exist"
-        assert len(rows) == len(accepted), "no duplicate from a repeated key"
-        # No account is ever frozen here, so nothing may fail.
-        assert collections.Counter(r["status"] for r in rows) == {"completed": len(accepted)}
-
-        balances = {r["id"]: r for r in await store.fetch_all(sa.select(accounts))}
-        users = [r for r in balances.values() if r["kind"] == "user"]
-        assert sum(r["posted"] for r in balances.values()) == 0
-        assert sum(r["posted"] for r in users) == ACCOUNTS * DEPOSIT
-        assert all(r["pending_debits"] == r["pending_credits"] == 0 for r in balances.values())
+        balances = await settled_exactly(store, accepted)
 
         async def streams_caught_up() -> bool:
             for task in watching:
@@ -239,7 +260,7 @@ async def test_many_processes_settle_every_transfer_once_and_streams_match_the_l
         for w in watchers:
             row = balances[w.account]
             assert w.seqs == list(range(1, row["seq"] + 1)), "each event once, in seq order"
-            assert w.balance == views.balance_of(row)
+            assert w.balance == balance_json(row)
 
         report = await audit(store)
         assert report.ok, report.render()

@@ -8,7 +8,7 @@ import re
 import httpx
 import pytest
 
-from server import sessions, throttle
+from server.web import sessions, throttle
 from tests.conftest import Customer, Stack
 
 TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
@@ -77,12 +77,13 @@ async def test_wrong_password_and_unknown_user_get_the_same_generic_message(
         assert sessions.COOKIE not in r.headers.get("set-cookie", "")
 
 
-async def test_a_username_with_nul_is_just_wrong(stack: Stack) -> None:
-    """PostgreSQL text cannot hold NUL; such a username must be a 401, not a 500."""
+async def test_a_username_with_nul_is_refused_by_the_text_rule(stack: Stack) -> None:
+    """PostgreSQL text cannot hold NUL; such a username is refused as POST /api/tokens
+    refuses it (422, the login form again), never a 500."""
     alice = await stack.customer()
     async with browser(stack) as client:
         r = await attempt(client, alice.username + "\x00", "pw-" + alice.username)
-        assert r.status_code == 401 and "Wrong username or password." in r.text
+        assert r.status_code == 422 and "Username must not contain NUL characters." in r.text
 
 
 async def test_login_is_rate_limited_after_repeated_failures(stack: Stack) -> None:

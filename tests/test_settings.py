@@ -49,3 +49,50 @@ def test_bad_numbers_are_configuration_errors(tmp_path: Path, name: str, value: 
 def test_production_needs_a_secret_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="SECRET_KEY"):
         Settings.from_env({"SETTLE_VAR_DIR": str(tmp_path), "SETTLE_ENV": "production"})
+
+
+@pytest.mark.parametrize(
+    "value", ["/help", "https://bank.example/help?topic=frozen", "mailto:help@bank.example"]
+)
+def test_the_support_url_is_a_link_a_person_can_follow(tmp_path: Path, value: str) -> None:
+    s = Settings.from_env({"SETTLE_VAR_DIR": str(tmp_path), "SETTLE_SUPPORT_URL": value})
+    assert s.support_url == value
+    assert Settings.from_env({"SETTLE_VAR_DIR": str(tmp_path)}).support_url == "/support"
+
+
+@pytest.mark.parametrize(
+    "value", ["javascript:alert(1)", "//evil.example", "help", '/x" onclick="y', "ftp://x"]
+)
+def test_a_support_url_that_is_not_a_plain_link_is_refused(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ConfigError, match="SETTLE_SUPPORT_URL"):
+        Settings.from_env({"SETTLE_VAR_DIR": str(tmp_path), "SETTLE_SUPPORT_URL": value})
+
+
+@pytest.mark.parametrize(
+    ("raw", "cents"),
+    [("", 100_000), ("1000.00", 100_000), ("1500", 150_000), ("0.5", 50), ("0", 0), ("OFF", None)],
+)
+def test_the_confirmation_threshold_is_read_exactly(
+    tmp_path: Path, raw: str, cents: int | None
+) -> None:
+    s = Settings.from_env({"SETTLE_VAR_DIR": str(tmp_path), "SETTLE_CONFIRM_ABOVE": raw})
+    assert s.confirm_above == cents
+
+
+@pytest.mark.parametrize("raw", ["-1", "1.001", "1e3", "ten", "1,000.00"])
+def test_a_confirmation_threshold_that_is_not_an_amount_is_refused(
+    tmp_path: Path, raw: str
+) -> None:
+    with pytest.raises(ConfigError, match="SETTLE_CONFIRM_ABOVE"):
+        Settings.from_env({"SETTLE_VAR_DIR": str(tmp_path), "SETTLE_CONFIRM_ABOVE": raw})
+
+
+def test_passkeys_relying_party_and_origin_come_from_the_public_url(tmp_path: Path) -> None:
+    s = Settings.from_env({"SETTLE_VAR_DIR": str(tmp_path)})
+    assert (s.rp_id, s.origin, s.confirm_ttl_s) == ("localhost", "http://localhost:8000", 300)
+    s = Settings.from_env(
+        {"SETTLE_VAR_DIR": str(tmp_path), "SETTLE_PUBLIC_URL": "https://pay.example.com/"}
+    )
+    assert (s.rp_id, s.origin) == ("pay.example.com", "https://pay.example.com")
+    with pytest.raises(ConfigError, match="SETTLE_PUBLIC_URL"):
+        Settings.from_env({"SETTLE_VAR_DIR": str(tmp_path), "SETTLE_PUBLIC_URL": "localhost"})

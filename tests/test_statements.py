@@ -1,4 +1,4 @@
-"""Statements, balances at a time and the events feed (server/statements.py, the API),
+"""Statements, balances at a time and the events feed (server/store/statements.py, the API),
 over real HTTP on the database of the run."""
 
 from __future__ import annotations
@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from server import chain
-from server.schema import accounts, ledger_entries
-from server.views import iso
+from server.domain import chain
+from server.domain.model import AccountKind, AccountStatus, LedgerAccount
+from server.domain.wire import iso
+from server.store.schema import accounts, ledger_entries
 from tests.conftest import Customer, Stack, execute
 from tests.test_live import recv, seq_of, subscribe
 
@@ -26,19 +27,19 @@ async def dated(stack: Stack, who: Customer, times: list[int]) -> None:
         f"SELECT * FROM ledger_entries WHERE account_id = '{who.account}' ORDER BY seq"
     )
     assert len(rows) == len(times)
-    account = {"id": who.account, "posted": 0, "entries": 0, "chain_head": chain.GENESIS}
+    account = LedgerAccount(
+        who.account, AccountStatus.ACTIVE, AccountKind.USER, 0, 0, 0, 0, 0, chain.GENESIS
+    )
     updates = []
     for row, at in zip(rows, times, strict=True):
         entry = chain.append(account, row["transfer_id"], row["amount"], at)
         fields = ("created_at", "balance_after", "prev_hash", "hash")
-        values = {name: entry[name] for name in fields}
+        values = {name: getattr(entry, name) for name in fields}
         updates.append(
             ledger_entries.update().where(ledger_entries.c.id == row["id"]).values(**values)
         )
     head = (
-        accounts.update()
-        .where(accounts.c.id == who.account)
-        .values(chain_head=account["chain_head"])
+        accounts.update().where(accounts.c.id == who.account).values(chain_head=account.chain_head)
     )
     await execute(stack.store, *updates, head)
 

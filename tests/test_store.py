@@ -11,11 +11,13 @@ import asyncio
 import sqlite3
 from typing import Any
 
+import asyncpg
 import pytest
 import sqlalchemy as sa
 
-from server.schema import now_us, users
 from server.store import BodyAwaited, Conn, Store
+from server.store.schema import now_us, users
+from server.store.sqlite import SqliteStore
 
 sqlite_only = pytest.mark.usefixtures("sqlite_store")
 
@@ -27,7 +29,13 @@ def sqlite_store(store: Store) -> None:
 
 
 def user(name: str) -> dict[str, Any]:
-    return {"id": name, "username": name, "password_hash": "!", "created_at": now_us()}
+    return {
+        "id": name,
+        "username": name,
+        "username_lower": name.lower(),
+        "password_hash": "!",
+        "created_at": now_us(),
+    }
 
 
 async def add_user(store: Store, name: str, fail: BaseException | None = None) -> int:
@@ -78,6 +86,41 @@ async def test_insert_new_tells_the_winner_of_a_key(store: Store) -> None:
     assert await names(store) == {"ann"}
 
 
+RENAME = users.update().where(users.c.id == sa.bindparam("uid")).values(username=sa.bindparam("to"))
+INSERT_USER = users.insert()
+
+
+async def test_write_all_writes_everything_and_tells_whether_the_new_row_was_claimed(
+    store: Store,
+) -> None:
+    await add_user(store, "ann")
+
+    async def writes(conn: Conn, rows: list[str], new: str) -> bool:
+        return await conn.write_all(
+            [
+                (RENAME, {"uid": "ann", "to": f"ann{len(rows)}"}),
+                (INSERT_USER, [user(name) for name in rows]),
+            ],
+            (users, user(new)),
+        )
+
+    # One shape, then another (more rows), then the first again: each answered right.
+    assert await store.transaction(lambda conn: writes(conn, ["b1"], "bob")) is True
+    assert await store.transaction(lambda conn: writes(conn, ["c1", "c2", "c3"], "cy")) is True
+    assert await store.transaction(lambda conn: writes(conn, ["d1"], "bob")) is False
+    assert await names(store) == {"ann1", "bob", "b1", "cy", "c1", "c2", "c3", "d1"}
+
+
+async def test_write_all_without_a_new_row(store: Store) -> None:
+    await add_user(store, "ann")
+
+    async def rename(conn: Conn) -> bool:
+        return await conn.write_all([(RENAME, {"uid": "ann", "to": "anna"})])
+
+    assert await store.transaction(rename) is True
+    assert await names(store) == {"anna"}
+
+
 @sqlite_only
 async def test_a_read_sees_one_snapshot(store: Store) -> None:
     await add_user(store, "ann")
@@ -88,8 +131,8 @@ async def test_a_read_sees_one_snapshot(store: Store) -> None:
         # Another process commits a user meanwhile: this read does not see it.
         with sqlite3.connect(store.url.removeprefix("sqlite:///")) as other:
             other.execute(
-                "INSERT INTO users (id, username, password_hash, created_at) "
-                "VALUES ('bob', 'bob', '!', 0)"
+                "INSERT INTO users (id, username, username_lower, password_hash, created_at) "
+                "VALUES ('bob', 'bob', 'bob', '!', 0)"
             )
         return first, int(await conn.fetch_val(count))
 
@@ -193,3 +236,54 @@ async def test_a_write_waits_for_another_process_holding_the_lock(store: Store) 
     other.close()
     await write
     assert await names(store) == {"ann"}
+
+
+@sqlite_only
+async def test_a_process_starting_while_another_holds_the_file_waits_for_it(
+    store: Store,
+) -> None:
+    """Processes starting together (web and workers) may find the file held for a moment
+    (one recovering the WAL, one checkpointing as it closes): opening waits, it does not
+    fail with "database is locked"."""
+    path = store.url.removeprefix("sqlite:///")
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("PRAGMA locking_mode=EXCLUSIVE")
+    other.execute("BEGIN EXCLUSIVE")  # holds the file until it closes
+    late = SqliteStore(store.url, readers=1)
+    opening = asyncio.create_task(late.connect())
+    await asyncio.sleep(0.1)  # time for a failing open to have failed
+    assert not opening.done()
+    other.execute("COMMIT")
+    other.close()
+    await opening
+    try:
+        await add_user(late, "ann")
+        assert await names(store) == {"ann"}
+    finally:
+        await late.disconnect()
+
+
+async def test_a_connection_goes_back_to_the_pool_without_a_reset_round_trip(
+    store: Store,
+) -> None:
+    """settle keeps no session state, so a PostgreSQL connection is handed back without
+    asyncpg's default reset statement (one more round trip for every use); one whose
+    transaction failed goes back idle, rolled back."""
+    if store.is_sqlite:
+        pytest.skip("PostgreSQL's connection pool")
+    with pytest.raises(ZeroDivisionError):
+        await add_user(store, "ann", fail=ZeroDivisionError())
+    await store.fetch_val("SELECT 1 AS settle_probe")
+    # What each of the pool's connections ran last, seen from outside the pool.
+    outside = await asyncpg.connect(store.url)
+    try:
+        last = await outside.fetch(
+            "SELECT query, state FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            " AND backend_type = 'client backend'"
+        )
+    finally:
+        await outside.close()
+    assert "SELECT 1 AS settle_probe" in [r["query"] for r in last]
+    assert {r["state"] for r in last} == {"idle"}  # none left inside a transaction
+    assert await names(store) == set()

@@ -1,4 +1,4 @@
-"""The login throttle (server/throttle.py) against a real server and Redis: concurrent
+"""The login throttle (server/web/throttle.py) against a real server and Redis: concurrent
 guesses get at most the free attempts' worth of password checks, across web processes;
 the delay grows; strangers do not lock the owner's own device out."""
 
@@ -10,10 +10,10 @@ from collections import Counter
 import httpx
 from redis.asyncio import Redis
 
-from server import throttle
-from server.app import create_app
 from server.settings import Settings
 from server.store import Store
+from server.web import throttle
+from server.web.app import create_app
 from tests.conftest import Customer, Stack, serve
 from tests.test_sessions import attempt, browser, login
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from jobs.worker import sweep
-from server import admin
-from server.dispatch import Dispatcher
+from jobs.worker import shutdown, startup, sweep
 from tests.conftest import Customer, Stack, account_events, execute, next_event
 from tests.test_sessions import browser, login
 from tests.test_worker import _redis
@@ -47,10 +45,10 @@ async def test_transfer_to_an_account_frozen_after_acceptance_fails_and_releases
 ) -> None:
     alice, bob = await stack.customer("50.00"), await stack.customer("0")
     r = await stack.transfer(alice, bob.account, "20.00")
-    await admin.set_status(stack.store, bob.account, "frozen")
+    await stack.freeze(bob.account)
     await stack.settle_all()
     t = (await stack.client.get(f"/api/transfers/{r.json()['id']}", headers=alice.headers)).json()
-    assert (t["status"], t["failure_reason"]) == ("failed", "account_frozen")
+    assert (t["status"], t["failure_reason"]) == ("failed", "recipient_unavailable")
     a, b = await stack.account(alice), await stack.account(bob)
     assert a["balance"]["available"] == a["balance"]["posted"] == "50.00"
     assert b["balance"]["pending_credits"] == b["balance"]["posted"] == "0.00"
@@ -114,7 +112,7 @@ async def test_events_log_every_change_with_balances(stack: Stack) -> None:
     assert (await stack.account(alice))["seq"] == 3
 
 
-# The use cases (server/transfers.py) apply one set of rules, whichever door a transfer
+# The use cases (server/usecases/transfers.py) apply one set of rules, whichever door a transfer
 # comes through: the JSON API or the HTML form.
 
 BAD_KEYS = ["k" * 300, "clé-1", "tab\tkey"]
@@ -180,7 +178,14 @@ async def test_a_form_key_is_kept_like_an_api_key(stack: Stack) -> None:
     """The form's stored key and memo are the validated ones: the API, sent the same key
     by the same user with the same transfer, replays the form's transfer."""
     alice, bob = await stack.customer("10.00"), await stack.customer("0")
-    r = await _form_post(stack, alice, to=bob.account, memo="rent", idempotency_key="shared-1")
+    r = await _form_post(
+        stack,
+        alice,
+        to=bob.account,
+        memo="rent",
+        idempotency_key="shared-1",
+        confirm_recipient=bob.account,  # the first payment to bob: "Yes, send"
+    )
     assert r.status_code == 303
     again = await stack.transfer(alice, bob.account, "1.00", key="shared-1", memo="rent")
     assert again.status_code == 202 and again.headers["idempotent-replayed"] == "true"
@@ -262,9 +267,9 @@ async def test_a_preview_says_what_sending_would_leave_and_writes_nothing(stack:
     assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_amount"
     assert [dict(r) for r in await stack.store.fetch_all(accounts)] == before
     assert await _sent(stack, alice) == 0
-    await admin.set_status(stack.store, bob.account, "frozen")
+    await stack.freeze(bob.account)
     frozen = (await _preview(stack, alice, bob.account, "1.00")).json()
-    assert frozen["error"]["code"] == "account_frozen"
+    assert frozen["error"]["code"] == "recipient_unavailable"
 
 
 async def test_a_transfer_pending_past_its_expiry_fails_and_releases_its_hold(
@@ -276,14 +281,12 @@ async def test_a_transfer_pending_past_its_expiry_fails_and_releases_its_hold(
     async with account_events(stack.settings, alice.account) as mine:
         async with account_events(stack.settings, bob.account) as theirs:
             redis = await _redis(stack)
-            ctx = {
-                "settings": stack.settings,
-                "store": stack.store,
-                "dispatch": Dispatcher(redis, stack.settings),
-            }
+            ctx = {"settings": stack.settings, "store": stack.store, "redis": redis}
+            await startup(ctx)
             try:
                 await sweep(ctx)
             finally:
+                await shutdown(ctx)
                 await redis.aclose()
             for pubsub in (mine, theirs):
                 event = await next_event(pubsub, "transfer.failed", tid)
@@ -303,3 +306,52 @@ async def test_settlement_refuses_a_transfer_past_its_expiry(stack: Stack) -> No
     t = (await stack.client.get(f"/api/transfers/{tid}", headers=bob.headers)).json()
     assert (t["status"], t["failure_reason"]) == ("failed", "expired")
     assert (await stack.account(bob))["balance"]["posted"] == "0.00"
+
+
+async def test_a_preview_answers_what_the_same_send_would_duplicate_guard_included(
+    stack: Stack,
+) -> None:
+    alice, bob = await stack.customer("50.00"), await stack.customer("0")
+    first = await stack.transfer(alice, bob.account, "5.00")
+    body = {
+        "from_account": alice.account,
+        "to_account": bob.account,
+        "amount": "5.00",
+        "guard_duplicates_s": 60,
+    }
+    preview = await stack.client.post("/api/transfers/preview", json=body, headers=alice.headers)
+    send = await stack.client.post("/api/transfers", json=body, headers=alice.headers)
+    assert send.status_code == 409 and send.json()["error"]["code"] == "possible_duplicate"
+    said = preview.json()["error"]
+    assert said is not None and said["code"] == "possible_duplicate"
+    assert (
+        said["duplicate_of"]["id"]
+        == first.json()["id"]
+        == send.json()["error"]["duplicate_of"]["id"]
+    )
+    other = await stack.client.post(
+        "/api/transfers/preview", json={**body, "amount": "6.00"}, headers=alice.headers
+    )
+    assert other.json()["error"] is None, "another amount is no duplicate"
+    await stack.settle_all()
+
+
+@pytest.mark.parametrize("to", ["b\x00b", "x" * 10_000, "\u202ebob"])
+async def test_the_forms_recipient_goes_through_the_text_rule(stack: Stack, to: str) -> None:
+    """NUL, a 10,000-character name, a direction override: 422 on the field, and what was
+    typed is never echoed into a 404 page."""
+    alice = await stack.customer("10.00")
+    r = await _form_post(stack, alice, to=to)
+    assert r.status_code == 422, r.status_code
+    assert "at most 64 characters" in r.text and to not in r.text
+    assert await _sent(stack, alice) == 0
+
+
+@pytest.mark.parametrize("memo", ["\u202egro.knab", "a\u2028b", "x\u2066y\u2069", "a\u2029"])
+async def test_memos_refuse_direction_overrides_and_line_separators(
+    stack: Stack, memo: str
+) -> None:
+    alice, bob = await stack.customer("10.00"), await stack.customer("0")
+    r = await stack.transfer(alice, bob.account, "1.00", memo=memo)
+    assert r.status_code == 422 and r.json()["error"]["field"] == "memo"
+    assert await _sent(stack, alice) == 0

@@ -1,5 +1,7 @@
-"""Settlement is exactly once: a job run twice, a worker killed mid-transaction, a job
-lost between commit and enqueue. Real arq workers, real Redis, real SQLite."""
+"""Settlement is exactly once and never waits on a lost wake: a partition settled twice,
+a worker killed mid-transaction, a ring lost between commit and Redis, drainers woken by
+rings without the worker polling, one drainer per partition. Real arq workers, real
+Redis, a real database."""
 
 from __future__ import annotations
 
@@ -8,11 +10,17 @@ import subprocess
 import sys
 from typing import Any
 
-from jobs.worker import settle_transfer
-from server import settlement
-from server.dispatch import Dispatcher
-from server.schema import now_us
-from tests.conftest import Stack, accept, account_events, next_event, settings_env
+import msgspec
+
+from jobs.drainer import drain
+from jobs.worker import shutdown, startup
+from server.domain import wire
+from server.domain.clock import now_us
+from server.domain.settlement import partition_of_account
+from server.live.doorbell import Doorbells
+from server.store import settlement
+from server.usecases import transfers
+from tests.conftest import Customer, Stack, accept, account_events, next_event, settings_env
 
 
 async def entries_of(stack: Stack, transfer_id: str) -> list[Any]:
@@ -21,20 +29,27 @@ async def entries_of(stack: Stack, transfer_id: str) -> list[Any]:
     )
 
 
-async def test_running_the_settle_job_twice_posts_once(stack: Stack) -> None:
+def partition(stack: Stack, who: Customer) -> int:
+    return partition_of_account(who.account, stack.settings.settle_partitions)
+
+
+async def test_settling_a_partition_twice_posts_once(stack: Stack) -> None:
     alice, bob = await stack.customer("10.00"), await stack.customer("0")
     tid = (await stack.transfer(alice, bob.account, "4.00")).json()["id"]
     ctx: dict[str, Any] = {
         "settings": stack.settings,
         "store": stack.store,
-        "dispatch": Dispatcher(await _redis(stack), stack.settings),
+        "redis": await _redis(stack),
     }
+    await startup(ctx)
     try:
-        assert await settle_transfer(ctx, tid) == 1
-        assert await settle_transfer(ctx, tid) == 0
-        await stack.settle_all()  # and the job the API enqueued finds nothing left
+        first = await transfers.settle(ctx["usecases"], partition(stack, alice))
+        again = await transfers.settle(ctx["usecases"], partition(stack, alice))
+        assert ({e.transfer_id for e in first.events}, again.events) == ({tid}, [])
+        await stack.settle_all()  # and the drainer the API's ring queued finds nothing left
     finally:
-        await ctx["dispatch"].redis.aclose()
+        await shutdown(ctx)
+        await ctx["redis"].aclose()
     assert sorted(e["amount"] for e in await entries_of(stack, tid)) == [-400, 400]
     assert (await stack.account(bob))["balance"]["posted"] == "4.00"
 
@@ -51,23 +66,26 @@ async def _redis(stack: Stack) -> Any:
 async def test_group_commit_settles_a_queue_in_acceptance_order(stack: Stack) -> None:
     alice, bob = await stack.customer("10.00"), await stack.customer("0")
     ids = [(await stack.transfer(alice, bob.account, "1.00")).json()["id"] for _ in range(5)]
-    # One job settles all five due transfers in one transaction.
-    events = await stack.store.transaction(
-        lambda conn: settlement.settle(conn, ids[-1], 100, 2**62, now_us())
+    # One transaction settles all five due transfers of the partition.
+    parts = stack.settings.settle_partitions
+    done = await stack.store.transaction(
+        lambda conn: settlement.settle(conn, partition(stack, alice), parts, 100, 2**62, now_us())
     )
+    events = done.events
     settled = [e.transfer_id for e in events if e.account_id == alice.account]
     assert settled == ids
     seqs = [e.seq for e in events if e.account_id == alice.account]
     assert seqs == sorted(seqs)
     # Each event carries the balance right after its own transfer, not the batch's end.
-    posted = [e.balance["posted"] for e in events if e.account_id == alice.account]
-    assert posted == ["9.00", "8.00", "7.00", "6.00", "5.00"]
-    received = [e.balance["posted"] for e in events if e.account_id == bob.account]
-    assert received == ["1.00", "2.00", "3.00", "4.00", "5.00"]
+    posted = [e.balance.posted for e in events if e.account_id == alice.account]
+    assert posted == [900, 800, 700, 600, 500]
+    received = [e.balance.posted for e in events if e.account_id == bob.account]
+    assert received == [100, 200, 300, 400, 500]
     for who in (alice, bob):
         last = [e for e in events if e.account_id == who.account][-1]
         now = await stack.account(who)
-        assert (last.seq, last.balance) == (now["seq"], now["balance"])
+        as_sent = msgspec.structs.asdict(wire.balance(last.balance))
+        assert (last.seq, as_sent) == (now["seq"], now["balance"])
     await stack.settle_all()
 
 
@@ -103,11 +121,11 @@ async def test_worker_killed_mid_settlement_posts_nothing_then_settles_once(
     assert sorted(e["amount"] for e in await entries_of(stack, tid)) == [-300, 300]
 
 
-async def test_sweeper_settles_a_transfer_whose_job_was_never_enqueued(stack: Stack) -> None:
+async def test_the_sweeper_settles_a_transfer_whose_ring_was_lost(stack: Stack) -> None:
     alice, bob = await stack.customer("10.00"), await stack.customer("0")
-    # Accepted and committed, but the process "crashed" before enqueueing its job.
+    # Accepted and committed, but the process "crashed" before ringing its partition.
     accepted = await accept(stack.store, alice.user_id, alice.account, bob.account, 250)
-    tid = accepted.transfer_id
+    tid = accepted.transfer.id
     async with account_events(stack.settings, bob.account) as events:
         worker = subprocess.Popen(
             [sys.executable, "-m", "server.cli", "worker"],
@@ -124,109 +142,136 @@ async def test_sweeper_settles_a_transfer_whose_job_was_never_enqueued(stack: St
     assert await stack.status_of(alice, tid) == "completed"
 
 
-async def test_idle_workers_are_woken_by_the_enqueue_not_by_polling(stack: Stack) -> None:
-    """Two workers whose fallback poll is ten minutes and with no sweeper: only the wake
-    published with each enqueue (``Dispatcher``) can start the jobs in time."""
+async def test_a_drainer_is_woken_by_each_ring_not_by_polling(stack: Stack) -> None:
+    """Two workers whose look at their queue comes every ten minutes, with no sweeper:
+    the first ring's drainer is picked up at their first look, and every later transfer
+    is settled because its ring wakes that drainer, not because anyone polls."""
     import dataclasses
 
-    from jobs.worker import WakingWorker, create_worker, stop_worker
+    from jobs.worker import create_worker, stop_worker
     from server.redisbox import redis_settings
 
     assert stack.settings.redis_url is not None
     slow = dataclasses.replace(stack.settings, worker_poll_ms=600_000)
-    workers: list[WakingWorker] = []
+    alice, bob = await stack.customer("10.00"), await stack.customer("0")
+    first = (await stack.transfer(alice, bob.account, "1.00")).json()["id"]
+    workers = []
     mains = []
     for _ in range(2):
         worker = create_worker(
             slow, redis_settings(slow, stack.settings.redis_url), handle_signals=False
         )
-        assert isinstance(worker, WakingWorker)
-        worker.cron_jobs = []  # no sweeper, which would re-enqueue and wake
+        worker.cron_jobs = []  # no sweeper, which would ring on its own
         workers.append(worker)
         mains.append(asyncio.create_task(worker.main()))
     try:
-        for worker in workers:
-            await asyncio.wait_for(worker.listening.wait(), 30)
-        alice, bob = await stack.customer("10.00"), await stack.customer("0")
         async with account_events(stack.settings, bob.account) as events:
-            for n in range(1, 4):
+            done = await next_event(events, "transfer.completed", first, within=60)
+            assert done["balance"]["posted"] == "1.00"
+            for n in range(2, 5):
                 tid = (await stack.transfer(alice, bob.account, "1.00")).json()["id"]
-                # Far within the ten-minute fallback: a bound, not a speed assertion.
+                # Far within the ten-minute look: a bound, not a speed assertion.
                 done = await next_event(events, "transfer.completed", tid, within=60)
                 assert done["balance"]["posted"] == f"{n}.00"
     finally:
         for worker, main in zip(workers, mains, strict=True):
             await stop_worker(worker, main, 5)
-    assert sum(w.jobs_complete for w in workers) >= 1
 
 
-async def test_settlements_taking_turns_wait_for_the_lock_instead_of_finding_it_busy(
+async def test_one_drainer_per_partition_and_no_wake_is_lost(stack: Stack) -> None:
+    """The doorbell's scripts against a real Redis: a ring starts a drainer only where
+    none holds the lease; a drainer lets go only when no ring came meanwhile; a lease
+    not renewed expires, and the next ring starts another drainer."""
+    redis = await _redis(stack)
+    bells = Doorbells(redis, stack.settings)
+    try:
+
+        async def ring(p: int) -> str | None:
+            sha, keys, args = bells.ring_args(p)
+            token = await redis.evalsha(sha, len(keys), *keys, *args)
+            return None if token is None else token.decode()
+
+        await redis.script_load(bells.ring_script)
+        first = await ring(0)
+        assert first is not None and await ring(0) is None, "one drainer starting"
+        assert await bells.claim(0, first) and not await bells.claim(0, "someone-else")
+        assert await bells.wait(0, 1.0), "both rings wait for the drainer"
+        assert not await bells.wait(0, 0.01), "as one: a drainer wakes once for news"
+        assert await ring(0) is None
+        assert not await bells.let_go(0, first), "rung meanwhile: it drains on"
+        assert await bells.wait(0, 1.0)
+        assert await bells.let_go(0, first)
+        second = await ring(0)
+        assert second is not None, "let go: the next ring starts a drainer"
+        assert await bells.claim(0, second) and await bells.renew(0, second)
+        await redis.delete(bells.lease(0))  # lapsed: a transaction slower than the lease
+        assert await bells.renew(0, second), "a lapsed lease nobody took is taken again"
+        await redis.delete(bells.lease(0))  # lapsed, and rung meanwhile: another starts
+        third = await ring(0)
+        assert third is not None and third not in (first, second)
+        assert not await bells.renew(0, second), "a lease another drainer has is lost"
+        successor = "next"
+        assert await bells.claim(0, third) and await bells.hand_over(0, third, successor)
+        assert not await bells.claim(0, "late") and await bells.claim(0, successor)
+    finally:
+        await redis.delete(bells.bell(0), bells.lease(0))
+        await redis.aclose()
+
+
+async def test_a_drainer_without_the_lease_settles_nothing(stack: Stack) -> None:
+    alice, bob = await stack.customer("10.00"), await stack.customer("0")
+    tid = (await stack.transfer(alice, bob.account, "1.00")).json()["id"]
+    ctx: dict[str, Any] = {"settings": stack.settings, "store": stack.store}
+    ctx["redis"] = await _redis(stack)
+    await startup(ctx)
+    try:
+        assert await drain(ctx, partition(stack, alice), "not-the-lease") == 0
+        assert await stack.status_of(alice, tid) == "pending"
+    finally:
+        await shutdown(ctx)
+        await ctx["redis"].aclose()
+    await stack.settle_all()
+    assert await stack.status_of(alice, tid) == "completed"
+
+
+async def test_a_busy_worker_hands_a_drain_job_back_and_a_bounced_one_is_drained(
     stack: Stack,
 ) -> None:
-    """PostgreSQL: two workers' settlements (a turn each) queue on the database's
-    settlement lock; none raises Busy, and every transfer settles once, in order."""
-    from server import transfers
+    """A worker that drains more partitions than another live worker hands a new drain
+    job back, counting the bounce; a job bounced ``MAX_BOUNCES`` times is drained by
+    whichever worker has it, so that no partition waits on which worker looks at the
+    queue first."""
+    import time
+
+    from jobs.drainer import MAX_BOUNCES
 
     alice, bob = await stack.customer("10.00"), await stack.customer("0")
-    ids = [(await stack.transfer(alice, bob.account, "1.00")).json()["id"] for _ in range(6)]
-    dispatch = Dispatcher(await _redis(stack), stack.settings)
-    turns = [asyncio.Lock(), asyncio.Lock()]
+    tid = (await stack.transfer(alice, bob.account, "1.00")).json()["id"]
+    p = partition(stack, alice)
+    ctx: dict[str, Any] = {"settings": stack.settings, "store": stack.store}
+    redis = ctx["redis"] = await _redis(stack)
+    await startup(ctx)
+    bells, crew = ctx["dispatch"].bells, ctx["crew"]
+    lease = (await redis.get(bells.lease(p))).decode()
+    assert lease.startswith("starting:"), "the ring queued a drainer"
+    token = lease.removeprefix("starting:")
     try:
-        runs = await asyncio.gather(
-            *(
-                transfers.settle(stack.store, dispatch, stack.settings, tid, 2, turn=turns[i % 2])
-                for i, tid in enumerate(ids)
-            )
-        )
+        await redis.hset(crew.key, "an-idle-worker", f"{int(time.time() * 1000)}:0")
+        crew.draining.add(p + 1)  # this worker drains one partition already
+        assert await drain(ctx, p, token) == 0
+        bounced = [j.args for j in await redis.queued_jobs(queue_name=stack.settings.queue_name)]
+        assert (p, token, 1) in bounced, "handed back, its bounce counted"
+        assert await stack.status_of(alice, tid) == "pending"
+        async with account_events(stack.settings, bob.account) as events:
+            draining = asyncio.create_task(drain(ctx, p, token, MAX_BOUNCES))
+            done = await next_event(events, "transfer.completed", tid)
+            assert done["balance"]["posted"] == "1.00"
+            draining.cancel()
+            await asyncio.gather(draining, return_exceptions=True)
     finally:
-        await dispatch.redis.aclose()
-    settled = [e.transfer_id for run in runs for e in run if e.account_id == alice.account]
-    assert sorted(settled) == sorted(ids) and len(settled) == 6
-    assert (await stack.account(bob))["balance"]["posted"] == "6.00"
-    await stack.settle_all()
-
-
-async def test_two_workers_claiming_the_same_jobs_start_each_once(stack: Stack) -> None:
-    """The claim (one script instead of arq's WATCH/MULTI) lets exactly one worker start
-    a job; the other finds it running, and no job that is not yet due is started."""
-    from arq.constants import in_progress_key_prefix
-    from arq.utils import timestamp_ms
-
-    from jobs.worker import WakingWorker, create_worker
-    from server.dispatch import job_id
-    from server.redisbox import redis_settings
-
-    assert stack.settings.redis_url is not None
-    redis = await _redis(stack)
-    workers = [
-        create_worker(
-            stack.settings, redis_settings(stack.settings, stack.settings.redis_url), burst=True
-        )
-        for _ in range(2)
-    ]
-    try:
-        for worker in workers:
-            assert isinstance(worker, WakingWorker)
-            worker._pool = redis
-        queue = stack.settings.queue_name
-        now = timestamp_ms()
-        due = [job_id(stack.settings, f"tr_claim{i}") for i in range(20)]
-        later = job_id(stack.settings, "tr_later")
-        await redis.zadd(queue, {**{j: now for j in due}, later: now + 60_000})
-        started: list[list[str]] = [[], []]
-        for worker, mine in zip(workers, started, strict=True):
-            # Record, do not run: what is claimed is what would run.
-            async def record(job: str, score: int, mine: list[str] = mine) -> None:
-                mine.append(job)
-
-            worker.run_job = record  # type: ignore[method-assign, assignment]
-        ids = [j.encode() for j in [*due, later]]
-        await asyncio.gather(*(w.start_jobs(ids) for w in workers))
-        await asyncio.gather(*(asyncio.gather(*w.tasks.values()) for w in workers))
-        claimed = started[0] + started[1]
-        assert sorted(claimed) == sorted(due), "each due job once, the later one not at all"
-        assert await redis.exists(*(in_progress_key_prefix + j for j in due)) == len(due)
-    finally:
-        await redis.zrem(stack.settings.queue_name, *due, later)
-        await redis.delete(*(in_progress_key_prefix + j for j in due))
+        crew.draining.discard(p + 1)
+        await redis.hdel(crew.key, "an-idle-worker")
+        await shutdown(ctx)
         await redis.aclose()
+    assert await stack.status_of(alice, tid) == "completed"
+    await stack.settle_all()

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import asyncio
 
-from server import migrate
 from server.settings import Settings
+from server.store import migrate
 from server.store.base import (
     Body,
     BodyAwaited,
@@ -47,7 +47,7 @@ def open_store(settings: Settings) -> Store:
 
 
 async def create_schema(store: Store) -> None:
-    """Bring the schema up to date with the Alembic migrations (``server/migrations``).
+    """Bring the schema up to date with the Alembic migrations (``server/store/migrations``).
 
     Runs in a thread: Alembic is synchronous and runs its own event loop for asyncpg.
     Concurrent callers are safe: each migration runs in a transaction, and on SQLite the

@@ -27,6 +27,9 @@ Query = sa.Executable | str
 Values = Mapping[str, Any] | None
 # A result row: mapping-like (``row["column"]``, ``dict(row)``) on both backends.
 Row = Any
+# A statement built once with its values; an INSERT built without values takes a row
+# (a mapping) or several (a sequence of mappings).
+Write = tuple[sa.Executable, Mapping[str, Any] | Sequence[Mapping[str, Any]]]
 
 
 class Conn(Protocol):
@@ -48,15 +51,30 @@ class Conn(Protocol):
         (the loser of a race for the key gets False, never an error)."""
         ...
 
+    async def write_all(
+        self, writes: Sequence[Write], new: tuple[sa.Table, Mapping[str, Any]] | None = None
+    ) -> bool:
+        """The ``writes``, then ``new`` inserted unless a row with its key exists
+        (``insert_new``), as one: whether ``new`` was inserted (True without one).
+
+        PostgreSQL sends them as one statement (data-modifying CTEs: one round trip,
+        compiled once per shape), whose parts all see the snapshot from before it: no
+        write may depend on another's effect (a row inserted by one is still checked as a
+        foreign key by another). SQLite runs them one after another."""
+        ...
+
     async def try_lock(self, key: int, wait: bool = False) -> bool:
         """A lock held until the transaction ends, or False at once if another holds
         it (``wait``: wait for it instead, then True). SQLite: always True (the
         transaction holds the file's write lock)."""
         ...
 
-    def locking(self, query: sa.Select[Any], skip_locked: bool = False) -> sa.Select[Any]:
-        """``query`` taking row locks (``FOR NO KEY UPDATE [SKIP LOCKED]``) where the database
-        locks rows; SQLite's transaction already excludes every other writer."""
+    def locking(
+        self, query: sa.Select[Any], skip_locked: bool = False, of: sa.Table | None = None
+    ) -> sa.Select[Any]:
+        """``query`` taking row locks (``FOR NO KEY UPDATE [OF table] [SKIP LOCKED]``)
+        where the database locks rows (``of``: only that table's, in a join); SQLite's
+        transaction already excludes every other writer."""
         ...
 
 

@@ -1,4 +1,10 @@
-"""The scale-out store: PostgreSQL through ``databases`` and asyncpg (a pool).
+"""The scale-out store: PostgreSQL through ``databases`` (its pool and transactions) and
+the asyncpg connection it hands out (``Connection.raw_connection``).
+
+Every statement is compiled by SQLAlchemy once per process (``_compiled``) and sent to
+asyncpg as SQL text and positional arguments, whose prepared-statement cache then
+prepares it once per connection: a request spends its CPU on the query's round trip,
+not on building and compiling SQL each time (``databases`` itself compiles every call).
 
 Under READ COMMITTED, correctness comes from atomic conditional updates, row locks taken
 in a fixed order (the ledger), ``FOR NO KEY UPDATE SKIP LOCKED`` for settlement batches and a
@@ -10,16 +16,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, TypeVar
 
+import asyncpg
 import sqlalchemy as sa
 from databases import Database
+from databases.core import Connection
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 from sqlalchemy.sql import visitors
 
-from server.store.base import Body, Query, Row, Values
+from server.store.base import Body, Query, Row, Values, Write
 
 T = TypeVar("T")
 
@@ -29,10 +38,16 @@ CLOSE_WAIT_S = 5.0
 POOL_MIN, POOL_MAX = 2, 20
 
 _ASYNCPG = PGDialect_asyncpg()  # type: ignore[no-untyped-call]
-# (id(statement), value names) -> (statement, SQL, positional names, defaults).
+# (id(statement), value names) -> (statement, SQL, positional names, defaults). Only
+# statements built once at import time pass ``values``; keeping the statement pins its id.
 _PREPARED: dict[tuple[int, tuple[str, ...]], tuple[Any, str, list[str], dict[str, Any]]] = {}
-# Statements derived once from a module-level one: (id, variant) -> (original, derived).
-_DERIVED: dict[tuple[int, str], tuple[Any, Any]] = {}
+# Statements derived once from another (a table's "insert unless it exists", a query's
+# locking form): (id, variant) -> (weak reference to the original, derived). An entry
+# goes with its original (a query built on the fly is derived for that call only).
+_DERIVED: dict[tuple[int, str], tuple[weakref.ref[Any], Any]] = {}
+# Several writes sent as one statement (``PgConn.write_all``), by their shape: the
+# statements (kept: their ids are in the key), the SQL, where its arguments come from.
+_COMBINED: dict[tuple[Any, ...], tuple[tuple[Any, ...], str, list[Any]]] = {}
 _TRY_LOCK = sa.select(sa.func.pg_try_advisory_xact_lock(sa.bindparam("key", type_=sa.BigInteger)))
 _LOCK = sa.select(sa.func.pg_advisory_xact_lock(sa.bindparam("key", type_=sa.BigInteger)))
 
@@ -41,67 +56,153 @@ def _prepared(stmt: Any, names: tuple[str, ...]) -> tuple[str, list[str], dict[s
     key = (id(stmt), names)
     hit = _PREPARED.get(key)
     if hit is None or hit[0] is not stmt:
+        # column_keys: a bare INSERT names just the columns given (others take defaults).
         built = stmt.compile(dialect=_ASYNCPG, column_keys=list(names))
         defaults = {name: bp.value for name, bp in built.binds.items() if not bp.required}
-        order = list(built.positiontup or [])
-        hit = _PREPARED[key] = (stmt, built.string, order, defaults)
+        hit = _PREPARED[key] = (stmt, built.string, list(built.positiontup or []), defaults)
     return hit[1], hit[2], hit[3]
+
+
+def _compiled(query: Query, values: Values) -> tuple[str, list[Any]]:
+    """SQL text and positional arguments for asyncpg."""
+    if isinstance(query, str):
+        return query, []
+    if values is None:
+        # Built on the fly (its values inside it): compiled for this call only.
+        statement: Any = query
+        built = statement.compile(dialect=_ASYNCPG, compile_kwargs={"render_postcompile": True})
+        params = built.construct_params()
+        return built.string, [params[name] for name in built.positiontup or []]
+    sql, order, defaults = _prepared(query, tuple(values))
+    merged = {**defaults, **values} if defaults else values
+    return sql, [merged[name] for name in order]
 
 
 def _derived(stmt: Any, variant: str, make: Any) -> Any:
     key = (id(stmt), variant)
     hit = _DERIVED.get(key)
-    if hit is None or hit[0] is not stmt:
-        hit = _DERIVED[key] = (stmt, make(stmt))
+    if hit is None or hit[0]() is not stmt:
+        hit = _DERIVED[key] = (weakref.ref(stmt), make(stmt))
+        weakref.finalize(stmt, _DERIVED.pop, key, None)
     return hit[1]
 
 
+def _rows(values: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> Sequence[Mapping[str, Any]]:
+    return [values] if isinstance(values, Mapping) else values
+
+
+def _part(index: int, stmt: Any, values: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> Any:
+    """Write ``index`` of a combined statement as a CTE, its parameters renamed
+    ``w<index>_<name>`` (an INSERT's ``w<index>_<row>_<column>``)."""
+    prefix = f"w{index}_"
+    if isinstance(stmt, sa.Insert):
+        table = stmt.table
+        rows = [
+            {name: sa.bindparam(f"{prefix}{r}_{name}", type_=table.c[name].type) for name in row}
+            for r, row in enumerate(_rows(values))
+        ]
+        return stmt.values(rows).cte(f"w{index}")
+
+    def renamed(element: Any, **kw: Any) -> Any:
+        if isinstance(element, sa.BindParameter):
+            return sa.bindparam(
+                prefix + element.key,
+                value=element.value,
+                type_=element.type,
+                required=element.required,
+            )
+        return None
+
+    changed: Any = visitors.replacement_traverse(stmt, {}, renamed)
+    return changed.cte(f"w{index}")
+
+
+# Where each positional argument of a combined statement comes from: (write, row, name,
+# default); ``row`` is None for a write whose values are one mapping of bind values.
+_Source = tuple[int, int | None, str, Any]
+
+
+def _combined(
+    writes: Sequence[Write], new: tuple[sa.Table, Mapping[str, Any]] | None
+) -> tuple[str, list[_Source]]:
+    """The SQL of several writes (and the claim of ``new``) as one statement, compiled
+    once per shape, and where each of its positional arguments comes from."""
+    parts = [*writes, *([new] if new else [])]
+    key = tuple((id(stmt), tuple(_rows(values)[0]), len(_rows(values))) for stmt, values in parts)
+    hit = _COMBINED.get(key)
+    if hit is None or any(a is not b for a, (b, _) in zip(hit[0], parts, strict=True)):
+        ctes = [_part(i, stmt, values) for i, (stmt, values) in enumerate(writes)]
+        if new is None:
+            query = sa.select(sa.literal(1)).add_cte(*ctes)
+        else:
+            table, row = new
+            claim = postgresql.insert(table).on_conflict_do_nothing().returning(sa.literal(1))
+            claimed = _part(len(writes), claim, row)
+            count = sa.select(sa.func.count()).select_from(claimed).scalar_subquery()
+            query = sa.select(count).add_cte(*ctes)
+        built = query.compile(dialect=_ASYNCPG)
+        defaults = {name: bp.value for name, bp in built.binds.items() if not bp.required}
+        # The renamed parameters (``_part``): w<write>_<row>_<column> for an INSERT's
+        # rows, w<write>_<name> otherwise.
+        origin: dict[str, tuple[int, int | None, str]] = {}
+        for i, (stmt, values) in enumerate(parts):
+            if isinstance(stmt, sa.Insert | sa.Table):
+                for r, one in enumerate(_rows(values)):
+                    origin.update({f"w{i}_{r}_{name}": (i, r, name) for name in one})
+            else:
+                assert isinstance(values, Mapping)
+                origin.update({f"w{i}_{name}": (i, None, name) for name in values})
+        sources: list[_Source] = [
+            (*origin.get(name, (-1, None, name)), defaults.get(name))
+            for name in built.positiontup or []
+        ]
+        hit = _COMBINED[key] = (tuple(stmt for stmt, _ in parts), built.string, sources)
+    return hit[1], hit[2]
+
+
+def _arguments(
+    writes: Sequence[Write],
+    new: tuple[sa.Table, Mapping[str, Any]] | None,
+    sources: Sequence[_Source],
+) -> list[Any]:
+    """A combined statement's positional arguments, in order (see ``_combined``)."""
+    rows = [_rows(values) for _, values in (*writes, *([new] if new else []))]
+    return [
+        default if i < 0 else rows[i][0 if r is None else r].get(name, default)
+        for i, r, name, default in sources
+    ]
+
+
 class PgConn:
-    """``Conn`` over a ``databases`` connection (or the pool).
+    """``Conn`` over one asyncpg connection (inside a transaction, or on its own)."""
 
-    ``execute_many`` goes straight to asyncpg's ``executemany`` with SQL compiled once
-    per process (``databases`` would compile and send each row on its own): that is what
-    lets a settlement batch write a thousand rows in a few round trips.
-    """
+    __slots__ = ("raw",)
 
-    def __init__(self, conn: Any) -> None:
-        self.conn = conn
-
-    @staticmethod
-    def _bind(query: Query, values: Values) -> Any:
-        if values is None or isinstance(query, str):
-            return query
-        if isinstance(query, sa.Insert) and not query._values:
-            return query.values(**values)
-
-        # DML has no .params(): substitute the values into the bindparams instead.
-        def fill(element: Any) -> Any:
-            if isinstance(element, sa.BindParameter) and element.key in values:
-                with_value: Any = element._with_value
-                return with_value(values[element.key], maintain_key=True, required=False)
-            return None
-
-        traverse: Any = visitors.replacement_traverse
-        return traverse(query, {}, fill)
+    def __init__(self, raw: asyncpg.Connection) -> None:
+        self.raw = raw
 
     async def fetch_all(self, query: Query, values: Values = None) -> list[Row]:
-        return list(await self.conn.fetch_all(self._bind(query, values)))
+        sql, args = _compiled(query, values)
+        return list(await self.raw.fetch(sql, *args))
 
     async def fetch_one(self, query: Query, values: Values = None) -> Row | None:
-        return await self.conn.fetch_one(self._bind(query, values))
+        sql, args = _compiled(query, values)
+        return await self.raw.fetchrow(sql, *args)
 
     async def fetch_val(self, query: Query, values: Values = None) -> Any:
-        return await self.conn.fetch_val(self._bind(query, values))
+        sql, args = _compiled(query, values)
+        return await self.raw.fetchval(sql, *args)
 
     async def execute(self, query: Query, values: Values = None) -> None:
-        await self.conn.execute(self._bind(query, values))
+        sql, args = _compiled(query, values)
+        await self.raw.execute(sql, *args)
 
     async def execute_many(self, query: Query, values: Sequence[Mapping[str, Any]]) -> None:
         if not values:
             return
         sql, order, defaults = _prepared(query, tuple(values[0]))
         rows = [tuple({**defaults, **v}[name] for name in order) for v in values]
-        await self.conn.raw_connection.executemany(sql, rows)
+        await self.raw.executemany(sql, rows)
 
     async def insert_new(self, table: sa.Table, values: Mapping[str, Any]) -> bool:
         first_key = next(iter(table.primary_key.columns))
@@ -112,17 +213,38 @@ class PgConn:
         )
         return await self.fetch_one(stmt, values) is not None
 
+    async def write_all(
+        self, writes: Sequence[Write], new: tuple[sa.Table, Mapping[str, Any]] | None = None
+    ) -> bool:
+        sql, sources = _combined(writes, new)
+        count = await self.raw.fetchval(sql, *_arguments(writes, new, sources))
+        return new is None or count == 1
+
     async def try_lock(self, key: int, wait: bool = False) -> bool:
         if wait:
             await self.fetch_val(_LOCK, {"key": key})
             return True
         return bool(await self.fetch_val(_TRY_LOCK, {"key": key}))
 
-    def locking(self, query: sa.Select[Any], skip_locked: bool = False) -> sa.Select[Any]:
+    def locking(
+        self, query: sa.Select[Any], skip_locked: bool = False, of: sa.Table | None = None
+    ) -> sa.Select[Any]:
         # FOR NO KEY UPDATE: no key is ever changed, and it does not wait for (or deadlock
-        # with) the key-share locks that inserts referencing these rows take.
-        # Not cached by identity: SQLAlchemy's compiled cache keys on the structure.
-        return query.with_for_update(skip_locked=skip_locked, key_share=True)
+        # with) the key-share locks that inserts referencing these rows take. Derived
+        # once per statement, so that it is compiled once too (``_prepared``).
+        return _derived(  # type: ignore[no-any-return]
+            query,
+            f"locking:{skip_locked}:{'' if of is None else of.name}",
+            lambda q: q.with_for_update(skip_locked=skip_locked, key_share=True, of=of),
+        )
+
+
+async def _keep_session(raw: asyncpg.Connection) -> None:
+    """What a connection going back to the pool needs beyond asyncpg's own clean-up
+    (which ends any open transaction): nothing. asyncpg's default also sends a reset
+    statement (advisory locks, cursors, LISTEN, session settings), one more round trip
+    per use; settle keeps no session state: its locks are transaction-scoped, its cursors
+    live inside transactions, it never LISTENs or SETs."""
 
 
 class PostgresStore:
@@ -130,7 +252,10 @@ class PostgresStore:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.db = Database(url, min_size=POOL_MIN, max_size=POOL_MAX)
+        # Options beyond the URL go to asyncpg.create_pool (its documented ``reset``).
+        self.db = Database(url, min_size=POOL_MIN, max_size=POOL_MAX, reset=_keep_session)
+        # The connections out of the pool now: ended by force if closing hangs.
+        self._lent: set[asyncpg.Connection] = set()
 
     @property
     def is_sqlite(self) -> bool:
@@ -140,50 +265,62 @@ class PostgresStore:
         await self.db.connect()
 
     async def disconnect(self) -> None:
-        try:
-            await asyncio.wait_for(self.db.disconnect(), CLOSE_WAIT_S)
-        except TimeoutError:
-            # asyncpg's close waits for every connection to come back to the pool; one
-            # the server dropped mid-operation can stay checked out for good (seen after
-            # pg_terminate_backend). Do not hang the shutdown on it.
-            log.warning("database pool did not close within %s s: terminated", CLOSE_WAIT_S)
-            pool = self.db._backend._pool
-            if pool is not None:
-                pool.terminate()
+        closing = asyncio.ensure_future(self.db.disconnect())
+        done, _ = await asyncio.wait([closing], timeout=CLOSE_WAIT_S)
+        if done:
+            closing.result()
+            return
+        # asyncpg's close waits for every connection to come back to the pool; one the
+        # server dropped mid-operation can stay checked out for good (seen after
+        # pg_terminate_backend). Do not hang the shutdown on it: end those connections.
+        log.warning("database pool did not close within %s s: terminated", CLOSE_WAIT_S)
+        for raw in list(self._lent):
+            raw.terminate()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(closing, CLOSE_WAIT_S)
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Connection]:
+        async with self.db.connection() as conn:
+            raw = conn.raw_connection
+            self._lent.add(raw)
+            try:
+                yield conn
+            finally:
+                self._lent.discard(raw)
 
     async def transaction(self, body: Body[T]) -> T:
-        async with self.db.connection() as conn, conn.transaction():
-            return await body(PgConn(conn))
+        async with self._connection() as conn, conn.transaction():
+            return await body(PgConn(conn.raw_connection))
 
     async def read(self, body: Body[T]) -> T:
         async with (
-            self.db.connection() as conn,
+            self._connection() as conn,
             conn.transaction(isolation="repeatable_read", readonly=True),
         ):
-            return await body(PgConn(conn))
+            return await body(PgConn(conn.raw_connection))
 
     async def fetch_all(self, query: Query, values: Values = None) -> list[Row]:
-        return await PgConn(self.db).fetch_all(query, values)
+        async with self._connection() as conn:
+            return await PgConn(conn.raw_connection).fetch_all(query, values)
 
     async def fetch_one(self, query: Query, values: Values = None) -> Row | None:
-        return await PgConn(self.db).fetch_one(query, values)
+        async with self._connection() as conn:
+            return await PgConn(conn.raw_connection).fetch_one(query, values)
 
     async def fetch_val(self, query: Query, values: Values = None) -> Any:
-        return await PgConn(self.db).fetch_val(query, values)
+        async with self._connection() as conn:
+            return await PgConn(conn.raw_connection).fetch_val(query, values)
 
     async def chunks(
         self, query: sa.Select[Any], values: Values = None, size: int = 1000
     ) -> AsyncIterator[list[Row]]:
         """A server-side cursor (in a read-only transaction), ``size`` rows at a time."""
-        async with self.db.connection() as conn, conn.transaction(readonly=True):
-            batch: list[Row] = []
-            async for row in conn.iterate(PgConn._bind(query, values)):
-                batch.append(row)
-                if len(batch) >= size:
-                    yield batch
-                    batch = []
-            if batch:
-                yield batch
+        sql, args = _compiled(query, values)
+        async with self._connection() as conn, conn.transaction(readonly=True):
+            cursor = await conn.raw_connection.cursor(sql, *args)
+            while rows := await cursor.fetch(size):
+                yield list(rows)
 
     @contextlib.asynccontextmanager
     async def exclusive(self) -> AsyncIterator[None]:

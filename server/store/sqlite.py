@@ -1,9 +1,9 @@
-"""The embedded store: a SQLite file through aiosqlite.
+"""The embedded store: a SQLite file, each connection on a thread of its own.
 
-aiosqlite runs each connection on a thread of its own, and each awaited call is a hop
-to that thread and back (tens of microseconds). So a transaction is *one* hop, not one
-per statement: its whole body (``server.store.base``) runs on the writer's thread, and
-the writes that queue up meanwhile go with it (group commit):
+sqlite3 blocks, so each connection lives on its own thread, and each awaited call is a
+hop to that thread and back (tens of microseconds). So a transaction is *one* hop, not
+one per statement: its whole body (``server.store.base``) runs on the writer's thread,
+and the writes that queue up meanwhile go with it (group commit):
 
     BEGIN IMMEDIATE; SAVEPOINT; body 1; RELEASE; SAVEPOINT; body 2; ...; COMMIT
 
@@ -26,16 +26,17 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import queue
 import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-import aiosqlite
 import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
-from server.store.base import Body, Query, Row, Values, run_body
+from server.store.base import Body, Query, Row, Values, Write, run_body
 
 T = TypeVar("T")
 
@@ -135,10 +136,22 @@ class SqliteConn:
         cursor.close()
         return inserted
 
+    async def write_all(
+        self, writes: Sequence[Write], new: tuple[sa.Table, Mapping[str, Any]] | None = None
+    ) -> bool:
+        for query, values in writes:
+            if isinstance(values, Mapping):
+                await self.execute(query, values)
+            else:
+                await self.execute_many(query, values)
+        return new is None or await self.insert_new(*new)
+
     async def try_lock(self, key: int, wait: bool = False) -> bool:
         return True  # BEGIN IMMEDIATE already holds the file's write lock
 
-    def locking(self, query: sa.Select[Any], skip_locked: bool = False) -> sa.Select[Any]:
+    def locking(
+        self, query: sa.Select[Any], skip_locked: bool = False, of: sa.Table | None = None
+    ) -> sa.Select[Any]:
         return query
 
 
@@ -239,12 +252,13 @@ def _dict_row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> dict[str, Any]:
 
 def _connector(path: str, *, writer: bool) -> Callable[[], sqlite3.Connection]:
     def connect() -> sqlite3.Connection:
-        # isolation_level=None: we issue BEGIN ourselves. The writer never waits inside
-        # SQLite for the lock (timeout 0): the loop retries instead (see above).
+        # isolation_level=None: we issue BEGIN ourselves. Opening waits for the file
+        # (another process may be recovering its WAL or checkpointing it as it closes:
+        # several start at once), on this thread, not the loop.
         raw = sqlite3.connect(
             path,
             isolation_level=None,
-            timeout=0 if writer else 2,
+            timeout=LOCK_WAIT_S if writer else 2,
             check_same_thread=False,
             cached_statements=256,
         )
@@ -254,6 +268,9 @@ def _connector(path: str, *, writer: bool) -> Callable[[], sqlite3.Connection]:
             # power loss, for ~0.4 ms per commit here (group commit shares it).
             for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON"):
                 raw.execute(f"PRAGMA {pragma}")
+            # Then the writer never waits inside SQLite for the write lock: the loop
+            # retries BEGIN instead (see above).
+            raw.execute("PRAGMA busy_timeout=0")
         else:
             raw.execute("PRAGMA query_only=ON")
         return raw
@@ -262,28 +279,69 @@ def _connector(path: str, *, writer: bool) -> Callable[[], sqlite3.Connection]:
 
 
 class _Thread:
-    """One aiosqlite connection, used as the thread that owns a sqlite3 connection.
+    """A thread that owns one sqlite3 connection and runs what it is handed, in order.
 
-    aiosqlite's public calls each hop once per statement; ``call`` hops once with a
-    whole function instead. It uses aiosqlite's own queueing primitive (``_execute``),
-    so the version is pinned in pyproject.toml and tests/test_store.py covers it."""
+    A whole function per hop (``call``), not a statement: a transaction body, a batch
+    of them, a chunk of a long read. (aiosqlite's public API hops once per statement,
+    and its way of running a function on its thread is private; docs/architecture.md
+    has the figures.)"""
 
-    def __init__(self, conn: aiosqlite.Connection) -> None:
-        self.conn = conn
+    def __init__(self, connect: Callable[[], sqlite3.Connection], name: str) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], asyncio.Future[Any]] | None]
+        self._jobs = queue.SimpleQueue()
+        self._connect = connect
+        self.raw: sqlite3.Connection | None = None
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
 
     @classmethod
     async def open(cls, path: str, *, writer: bool) -> _Thread:
-        conn = aiosqlite.Connection(_connector(path, writer=writer), iter_chunk_size=64)
-        await conn
-        return cls(conn)
+        name = "settle-sqlite-" + ("writer" if writer else "reader")
+        thread = cls(_connector(path, writer=writer), name)
+        await thread.start()
+        return thread
+
+    async def start(self) -> None:
+        """Start the thread and open the connection on it."""
+        self._thread.start()
+        self.raw = await self._submit(self._connect)
+
+    def _serve(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            fn, done = job
+            try:
+                result = fn()
+            except BaseException as exc:  # handed back to the awaiting coroutine
+                done.get_loop().call_soon_threadsafe(_fail, done, exc)
+            else:
+                done.get_loop().call_soon_threadsafe(_succeed, done, result)
+
+    def _submit(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+        done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._jobs.put((fn, done))
+        return done
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        execute: Any = self.conn._execute
-        result: T = await execute(fn, self.conn._conn, *args)
-        return result
+        """``fn(raw_connection, *args)`` on this thread."""
+        raw = self.raw
+        if raw is None:
+            raise sqlite3.ProgrammingError("the connection is closed")
+        return await self._submit(lambda: fn(raw, *args))
 
     async def close(self) -> None:
-        await self.conn.close()
+        raw, self.raw = self.raw, None
+        if raw is not None:
+            await self._submit(raw.close)
+        self._jobs.put(None)
+
+
+def _succeed(done: asyncio.Future[Any], result: Any) -> None:
+    if not done.done():  # the awaiting coroutine may have been cancelled meanwhile
+        done.set_result(result)
+
+
+def _fail(done: asyncio.Future[Any], exc: BaseException) -> None:
+    if not done.done():
+        done.set_exception(exc)
 
 
 class SqliteStore:

@@ -26,9 +26,9 @@ from playwright.async_api import (
 )
 
 from jobs.worker import stop_worker
-from server.app import create_app
 from server.settings import Settings
 from server.store import Store
+from server.web.app import create_app
 from tests.conftest import Customer, Stack, serve
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -98,11 +98,19 @@ class Live:
             await expect(page.locator("#conn")).to_have_attribute("data-state", "live")
         return page
 
-    async def send(self, page: Page, to: str, amount: str, memo: str = "") -> None:
+    async def send(
+        self, page: Page, to: str, amount: str, memo: str = "", first: bool = False
+    ) -> None:
+        """Fill the send form and press Send; ``first``: this is the first payment to
+        ``to``, so the page asks "Send … to …?" first, and the answer is yes."""
         await page.get_by_label("Recipient").fill(to)
         await page.get_by_label("Amount").fill(amount)
         await page.get_by_label("Memo").fill(memo)
-        await page.get_by_role("button", name="Send").click()
+        await page.get_by_role("button", name="Send", exact=True).click()
+        if first:
+            question = page.get_by_test_id("confirm-recipient")
+            await expect(question).to_contain_text(f"Send ${amount} to ")
+            await question.get_by_role("button", name=f"Yes, send ${amount}").click()
 
 
 async def screenshot(page: Page, name: str) -> None:

@@ -9,8 +9,7 @@ import re
 import sqlalchemy as sa
 from playwright.async_api import WebSocketRoute, expect
 
-from server import admin
-from server.schema import transfers
+from server.store.schema import transfers
 from tests.browser.conftest import Live, screenshot
 from tests.conftest import Customer, account_events, next_event
 
@@ -45,14 +44,22 @@ async def test_sending_shows_pending_and_the_held_balance_at_once_then_completes
     await page.keyboard.press("Tab")
     await page.keyboard.type("lunch")
     await page.keyboard.press("Enter")
+    # The first payment to bob asks who it is for; focus is on the question.
+    question = page.get_by_test_id("confirm-recipient")
+    await expect(question).to_be_focused()
+    await expect(question).to_contain_text(f"Send $12.34 to {bob.username}?")
+    await page.keyboard.press("Tab")
+    await page.keyboard.press("Enter")
 
     row = page.locator("#history li.row").first
     await expect(row.get_by_test_id("badge")).to_have_text("Pending")
     await expect(page.get_by_test_id("available")).to_have_text("$87.66")
     await expect(page.get_by_test_id("held")).to_have_text("$12.34")
-    await expect(page.locator("#announce")).to_contain_text("held for a pending transfer")
+    # Said once: by the status line, which has the focus (the announcement keeps quiet).
+    await expect(page.get_by_test_id("change")).to_contain_text("held for a pending transfer")
+    await expect(page.locator("#form-status")).to_be_focused()
     await expect(page.locator("#form-status")).to_contain_text(
-        f"Sending $12.34 to {bob.username}: pending until it settles."
+        f"Sent — pending: $12.34 to {bob.username}, usually arrives in seconds."
     )
     await screenshot(page, "02-pending")
 
@@ -71,7 +78,7 @@ async def test_sending_shows_pending_and_the_held_balance_at_once_then_completes
 async def test_reloading_while_pending_renders_the_pending_transfer(slow: Live) -> None:
     alice, bob = await slow.stack.customer("100.00"), await slow.stack.customer("0")
     page = await slow.open_account(alice)
-    await slow.send(page, bob.username, "5.00", "rent")
+    await slow.send(page, bob.username, "5.00", "rent", first=True)
     await expect(page.locator("#history li.row").first).to_contain_text("Pending")
     await page.reload()
     row = page.locator("#history li.row").first
@@ -90,13 +97,13 @@ async def test_the_recipient_and_a_second_tab_of_the_sender_see_it_move(slow: Li
     await expect(second_tab.locator("#conn")).to_have_attribute("data-state", "live")
     recipient = await slow.open_account(bob, await slow.context(phone=True))
 
-    await slow.send(sender, bob.username, "30.00", "tickets")
+    await slow.send(sender, bob.username, "30.00", "tickets", first=True)
 
     incoming = recipient.locator("#history li.row").first
     await expect(incoming.get_by_test_id("badge")).to_have_text("Pending")
     await expect(incoming).to_contain_text("+$30.00")
     await expect(recipient.get_by_test_id("incoming")).to_have_text("$30.00")
-    await expect(recipient.locator("#announce")).to_contain_text("incoming, pending")
+    await expect(recipient.locator("#announce")).to_contain_text("on its way to you")
     await expect(second_tab.get_by_test_id("available")).to_have_text("$70.00")
     await screenshot(recipient, "04-phone-recipient-incoming-pending")
 
@@ -111,18 +118,18 @@ async def test_the_recipient_and_a_second_tab_of_the_sender_see_it_move(slow: Li
 async def test_a_failed_transfer_shows_the_reason_and_rolls_the_balance_back(slow: Live) -> None:
     alice, bob = await slow.stack.customer("100.00"), await slow.stack.customer("0")
     page = await slow.open_account(alice)
-    await slow.send(page, bob.username, "40.00")
+    await slow.send(page, bob.username, "40.00", first=True)
     row = page.locator("#history li.row").first
     await expect(row.get_by_test_id("badge")).to_have_text("Pending")
     await expect(page.get_by_test_id("available")).to_have_text("$60.00")
     await row.get_by_role("button", name="Cancel").wait_for()
 
-    await admin.set_status(slow.stack.store, bob.account, "frozen")
+    await slow.stack.freeze(bob.account)
 
     await expect(row.get_by_test_id("badge")).to_have_text("Failed")
-    await expect(row).to_contain_text("the recipient's account is frozen")
+    await expect(row).to_contain_text("this recipient cannot receive money right now")
     await expect(page.get_by_test_id("available")).to_have_text("$100.00")
-    await expect(page.get_by_test_id("change")).to_contain_text("Rolled back: $40.00 returned")
+    await expect(page.get_by_test_id("change")).to_contain_text("$40.00 released")
     await expect(page.locator("#announce")).to_contain_text("failed")
     await expect(row.get_by_role("button", name="Cancel")).to_have_count(0)
     await screenshot(page, "06-failed-rolled-back")
@@ -135,8 +142,9 @@ async def test_double_click_and_a_retry_after_a_network_error_send_money_once(
     page = await live.open_account(alice)
     await page.get_by_label("Recipient").fill(bob.username)
     await page.get_by_label("Amount").fill("1.00")
-    await page.get_by_role("button", name="Send").dblclick()
-    await expect(page.locator("#form-status")).to_contain_text(re.compile("Sending|Done"))
+    await page.get_by_role("button", name="Send", exact=True).click()
+    await page.get_by_role("button", name="Yes, send $1.00").dblclick()
+    await expect(page.locator("#form-status")).to_contain_text(re.compile("Sent — pending|Done"))
     await expect(page.get_by_test_id("available")).to_have_text("$99.00")
     assert len(await sent_by(live, alice)) == 1
 
@@ -148,11 +156,16 @@ async def test_double_click_and_a_retry_after_a_network_error_send_money_once(
     pattern = f"**/accounts/{alice.account}/transfers"
     await page.route(pattern, lose_response)
     await live.send(page, bob.username, "2.00", "retry me")
-    await expect(page.locator("#form-status")).to_contain_text("it is safe")
+    # The page asks the server what became of it: sent, so it says so (not "retry").
+    await expect(page.locator("#form-status")).to_contain_text(
+        re.compile(r"(Sent — pending|Done): \$2\.00")
+    )
     await page.unroute(pattern)
-    await page.get_by_role("button", name="Send").click()
-    await expect(page.locator("#form-status")).to_have_text("Already sent — not charged twice.")
+    await page.get_by_role(
+        "button", name="Send", exact=True
+    ).click()  # the fresh, empty form: nothing
     await expect(page.get_by_test_id("available")).to_have_text("$97.00")
+    await expect(page.locator(".field-error")).to_have_count(0)
     await screenshot(page, "07-already-sent")
     assert len(await sent_by(live, alice)) == 2
 
@@ -176,7 +189,7 @@ async def test_a_page_that_lost_its_connection_catches_up_on_reconnect(slow: Liv
     await expect(page.locator("#conn")).to_have_attribute("data-state", "live")
 
     async with account_events(slow.stack.settings, alice.account) as events:
-        await slow.send(page, bob.username, "25.00")
+        await slow.send(page, bob.username, "25.00", first=True)
         row = page.locator("#history li.row").first
         await expect(row.get_by_test_id("badge")).to_have_text("Pending")
         tid = (await sent_by(slow, alice))[0]
@@ -200,13 +213,13 @@ async def test_without_javascript_the_form_posts_and_redirects_to_the_pending_tr
 ) -> None:
     alice, bob = await slow.stack.customer("100.00"), await slow.stack.customer("0")
     page = await slow.open_account(alice, js=False)
-    await slow.send(page, bob.username, "8.00", "no js")
+    await slow.send(page, bob.username, "8.00", "no js", first=True)
     await page.wait_for_url(re.compile(r".*/accounts/acc_[^?]+\?sent=tr_"))
     row = page.locator("#history li.row").first
     await expect(row.get_by_test_id("badge")).to_have_text("Pending")
     await expect(row).to_contain_text("no js")
     await expect(page.get_by_test_id("available")).to_have_text("$92.00")
-    await expect(page.locator("#form-status")).to_contain_text("pending until it settles.")
+    await expect(page.locator("#form-status")).to_contain_text("Sent — pending")
     await screenshot(page, "10-no-javascript")
     await row.get_by_role("button", name="Cancel").click()
     await expect(page.get_by_test_id("badge")).to_have_text("Cancelled")
@@ -219,7 +232,7 @@ async def test_a_hostile_memo_renders_as_inert_text_live_and_after_reload(live: 
     sender = await live.open_account(alice)
     dialogs: list[str] = []
     recipient.on("dialog", lambda d: dialogs.append(d.message))
-    await live.send(sender, bob.username, "1.00", evil)
+    await live.send(sender, bob.username, "1.00", evil, first=True)
 
     row = recipient.locator("#history li.row").first
     await expect(row.locator(".memo")).to_have_text(evil)
@@ -231,3 +244,38 @@ async def test_a_hostile_memo_renders_as_inert_text_live_and_after_reload(live: 
     assert await recipient.locator("#history img").count() == 0
     assert dialogs == []
     await screenshot(recipient, "11-hostile-memo-inert")
+
+
+async def test_a_freeze_and_an_unfreeze_reach_every_open_page_of_the_account_live(
+    live: Live,
+) -> None:
+    """account.frozen / account.unfrozen: the account page, the dashboard and a transfer's
+    page of the account say it at once, and Send is disabled while it lasts, without a
+    reload."""
+    alice, bob = await live.stack.customer("100.00"), await live.stack.customer("0")
+    page = await live.open_account(alice)
+    await live.send(page, bob.username, "1.00", first=True)
+    await expect(page.locator("#history li.row").first).to_contain_text("Completed")
+    context = page.context
+    dashboard = await context.new_page()
+    await dashboard.goto(f"{live.stack.base_url}/accounts")
+    detail = await context.new_page()
+    await detail.goto(f"{live.stack.base_url}/transfers/{(await sent_by(live, alice))[0]}")
+    pages = (page, dashboard, detail)
+    for each in pages:
+        await expect(each.locator("#conn")).to_contain_text("Live")
+        await expect(each.get_by_test_id("frozen")).to_have_count(0)
+    await expect(page.get_by_role("button", name="Send", exact=True)).to_be_enabled()
+    await page.evaluate("window.notReloaded = true")
+
+    await live.stack.freeze(alice.account)
+    for each in pages:
+        await expect(each.get_by_test_id("frozen")).to_contain_text("This account is frozen")
+    await expect(page.get_by_role("button", name="Send", exact=True)).to_be_disabled()
+    await expect(page.locator("#announce")).to_contain_text("This account was frozen")
+
+    await live.stack.unfreeze(alice.account)
+    for each in pages:
+        await expect(each.get_by_test_id("frozen")).to_have_count(0)
+    await expect(page.get_by_role("button", name="Send", exact=True)).to_be_enabled()
+    assert await page.evaluate("window.notReloaded") is True

@@ -28,13 +28,14 @@ import sqlalchemy as sa
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidHandshake, WebSocketException
 
-from server import admin, auth, passwords, views
-from server.money import format_amount
+from server.domain.money import format_amount
 from server.redisbox import start_redis_server, stop_redis_server
-from server.schema import account_events, accounts, ledger_entries, transfers
 from server.settings import Settings
 from server.store import Store
-from tests.conftest import settings_env
+from server.store import accounts as admin
+from server.store.schema import account_events, accounts, ledger_entries, transfers
+from server.web import auth, passwords
+from tests.conftest import balance_json, fund, settings_env
 from tests.fleet import Fleet, Holder
 
 TERMINAL = {"completed", "failed", "cancelled"}
@@ -109,7 +110,7 @@ async def holders(store: Store, n: int, deposit: int) -> list[Holder]:
     for _ in range(n):
         name = f"chaos{os.urandom(4).hex()}"
         user_id, account = await admin.create_user(store, name, passwords.hash_password("pw"))
-        await admin.deposit(store, account, deposit)
+        await fund(store, account, deposit)
         made.append(Holder(account, await auth.issue_token(store, user_id, 3600)))
     return made
 
@@ -324,12 +325,32 @@ async def verify(
         assert finals[tid] == 1, f"{tid} ended {finals[tid]} times"
         assert entries[tid] == (2 if status[tid] == "completed" else 0), tid
 
+    await settled_in_acceptance_order(store)
     balances = {r["id"]: r for r in await store.fetch_all(sa.select(accounts))}
     for w in watchers:
         row = balances[w.holder.account]
         assert w.seqs == list(range(w.seqs[0], row["seq"] + 1)), "each event once, in order"
-        assert w.balance == views.balance_of(row), "the subscriber's balance is the ledger's"
+        assert w.balance == balance_json(row), "the subscriber's balance is the ledger's"
     return duplicates, len(lost)
+
+
+async def settled_in_acceptance_order(store: Store) -> None:
+    """Each sender's transfers left its account in the order they were accepted: its
+    chain's debits, in chain order, are its completed transfers in acceptance order."""
+    rows = await store.fetch_all(
+        sa.select(ledger_entries.c.account_id, transfers.c.created_at, transfers.c.id)
+        .join(transfers, transfers.c.id == ledger_entries.c.transfer_id)
+        .where(ledger_entries.c.amount < 0, transfers.c.kind == "transfer")
+        .order_by(ledger_entries.c.account_id, ledger_entries.c.seq)
+    )
+    last: dict[str, tuple[int, str]] = {}
+    for row in rows:
+        accepted = (row["created_at"], row["id"])
+        before = last.get(row["account_id"])
+        assert before is None or before < accepted, (
+            f"{row['account_id']}: {row['id']} settled before an earlier transfer {before[1]}"
+        )
+        last[row["account_id"]] = accepted
 
 
 def render(rounds: list[Round]) -> str:
