@@ -22,7 +22,7 @@
   });
 
   document.addEventListener("htmx:config:request", (e) => {
-    if (!sendAllowed(e.detail.ctx)) {
+    if (!sendAllowed(e.detail.ctx) || !previewAllowed(e.detail.ctx)) {
       e.preventDefault();
       return;
     }
@@ -32,6 +32,24 @@
 
   const isSend = (ctx) => /\/transfers$/.test(ctx?.request?.action || "");
   const isFate = (ctx) => /\/sent$/.test(ctx?.request?.action || "");
+  const isPreview = (ctx) => /\/preview$/.test(ctx?.request?.action || "");
+
+  // A preview is about the form as typed, before it is sent. Typing then pressing Send
+  // within the preview's delay would have it answer about the send itself ("Already
+  // sent with this form"): no preview while a send is on its way, and none asked
+  // before a send is shown after it.
+  let sends = 0;
+  function previewAllowed(ctx) {
+    if (!isPreview(ctx)) return true;
+    const form = document.getElementById("transfer-form");
+    if (form?.dataset.sending || form?.dataset.asking) return false;
+    ctx.settleSends = sends;
+    return true;
+  }
+  document.addEventListener("htmx:before:swap", (e) => {
+    const ctx = e.detail.ctx;
+    if (isPreview(ctx) && ctx.settleSends !== sends) e.preventDefault();
+  });
 
   // A second Enter on a slow machine lands on the fresh, empty form the first brought
   // back: it would only replace "Sent — pending" with errors. One send at a time.
@@ -48,6 +66,7 @@
       return false;
     }
     form.dataset.sending = "1";
+    sends += 1;
     return true;
   }
   document.addEventListener("htmx:finally:request", (e) => {

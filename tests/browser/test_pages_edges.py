@@ -168,6 +168,92 @@ async def test_double_enter_on_a_slow_page_shows_the_sent_transfer_and_no_error(
     assert await sent_count(slow, alice) == 2
 
 
+# The previews the page tried, sent and finished: counted in the page, so a test awaits
+# them instead of guessing how long they take. (settle.js's own listener runs first: a
+# preview it stops is tried, not asked.)
+COUNT_PREVIEWS = """() => {
+  window.previews = { tried: 0, asked: 0, done: 0 };
+  const isPreview = (e) => /\\/preview$/.test(e.detail.ctx?.request?.action || "");
+  document.addEventListener("htmx:config:request", (e) => {
+    if (!isPreview(e)) return;
+    window.previews.tried++;
+    if (!e.defaultPrevented) window.previews.asked++;
+  });
+  document.addEventListener("htmx:finally:request", (e) => {
+    if (isPreview(e)) window.previews.done++;
+  });
+}"""
+
+
+async def test_a_preview_answered_after_its_send_is_not_shown(slow: Live) -> None:
+    """Typed, then Send within the preview's delay: the preview already on its way is
+    answered after the send committed and before the send's own answer lands ("Already
+    sent with this form", about the send itself). The page shows and says nothing of it."""
+    alice, bob = await slow.stack.customer("100.00"), await slow.stack.customer("0")
+    await slow.stack.transfer(alice, bob.account, "0.01")  # paid before: no question
+    page = await slow.open_account(alice)
+    await page.evaluate(COUNT_PREVIEWS)
+    await page.evaluate(LISTEN)
+    asked, committed, release = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def preview_after_the_commit(route: Route) -> None:
+        asked.set()
+        await committed.wait()
+        await route.continue_()
+
+    async def answer_late(route: Route) -> None:
+        answer = await route.fetch()  # the server has committed the transfer
+        committed.set()
+        await release.wait()
+        await route.fulfill(response=answer)
+
+    await page.route(f"**/accounts/{alice.account}/preview", preview_after_the_commit)
+    await page.route(f"**/accounts/{alice.account}/transfers", answer_late)
+    await page.get_by_label("Recipient").fill(bob.username)
+    await page.get_by_label("Amount").fill("4.20")
+    await asked.wait()
+    await page.get_by_role("button", name="Send", exact=True).click()
+    await committed.wait()
+    await page.wait_for_function("() => window.previews.done === window.previews.asked")
+    await expect(page.get_by_test_id("preview")).to_have_text("")
+    assert await said(page) == []
+    release.set()
+    await expect(page.locator("#form-status")).to_contain_text("Sent — pending: $4.20")
+    assert not [s for s in await said(page) if s.startswith("preview")], await said(page)
+    assert await sent_count(slow, alice) == 2
+
+
+async def test_no_preview_is_asked_while_a_send_is_on_its_way(slow: Live) -> None:
+    """An edit while the send is still on its way (a slow network) asks no preview: it
+    would be answered about the send itself."""
+    alice, bob = await slow.stack.customer("100.00"), await slow.stack.customer("0")
+    await slow.stack.transfer(alice, bob.account, "0.01")
+    page = await slow.open_account(alice)
+    await page.evaluate(COUNT_PREVIEWS)
+    await page.get_by_label("Recipient").fill(bob.username)
+    await page.get_by_label("Amount").fill("4.20")
+    await page.wait_for_function("() => window.previews.done >= 2")  # one for each field
+    previews: list[str] = []
+    page.on("request", lambda r: previews.append(r.url) if r.url.endswith("/preview") else None)
+    ready = asyncio.Event()
+
+    async def slow_network(route: Route) -> None:
+        await ready.wait()
+        await route.continue_()
+
+    await page.route(f"**/accounts/{alice.account}/transfers", slow_network)
+    await page.get_by_role("button", name="Send", exact=True).click()
+    tried = await page.evaluate("window.previews.tried")
+    await page.get_by_label("Amount").press("End")
+    await page.keyboard.type("0")  # the preview's delay runs out while the send waits
+    await page.wait_for_function("(n) => window.previews.tried > n", arg=tried)
+    ready.set()
+    await expect(page.locator("#form-status")).to_contain_text("Sent — pending: $4.20")
+    assert previews == []
+    await expect(page.get_by_test_id("preview")).to_have_text("")
+    assert await sent_count(slow, alice) == 2
+
+
 async def test_two_tabs_with_javascript_each_send_on_the_first_click(live: Live) -> None:
     alice = await live.stack.customer("100.00")
     bob, carol = await live.stack.customer("0"), await live.stack.customer("0")
