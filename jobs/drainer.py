@@ -109,6 +109,18 @@ class Crew:
         self.draining: set[int] = set()
         # The tasks telling this worker's new count, kept until done.
         self.telling: set[asyncio.Task[None]] = set()
+        # The drainers waiting for a ring (nothing in flight), and whether the worker
+        # is stopping: then they let go at once instead of at the end of its grace.
+        self.idle: dict[int, asyncio.Task[Any]] = {}
+        self.stopping = False
+
+    def stop(self) -> None:
+        """The worker is stopping: drainers waiting for a ring let their partitions go
+        now (cancelled in their wait, which settles nothing), and one finishing a batch
+        lets go instead of waiting again. A batch in flight finishes."""
+        self.stopping = True
+        for task in self.idle.values():
+            task.cancel()
 
     def take(self, partition: int) -> None:
         self.draining.add(partition)
@@ -200,6 +212,7 @@ class Drainer:
         self.started = self.renewed = self.loop.time()
         self.settled = 0
         self.pause = RETRY_S
+        self.task = asyncio.current_task()
 
     async def run(self) -> None:
         """Settle, wait for a ring, settle..., until the lease is lost, the lifetime is
@@ -218,8 +231,16 @@ class Drainer:
             if not self.burst and self.loop.time() - self.started >= self.settings.drain_lifetime_s:
                 await _hand_over(self.dispatch, self.partition, self.token)
                 return
+            if self.crew.stopping:
+                await _stop(self.dispatch, self.partition, self.token)
+                return
             wait = _wait_s(self.settings, done.next_due, self.renewed, self.loop.time())
-            await self.bells.wait(self.partition, wait)
+            if self.task is not None:
+                self.crew.idle[self.partition] = self.task
+            try:
+                await self.bells.wait(self.partition, wait)
+            finally:
+                self.crew.idle.pop(self.partition, None)
 
     async def _settle(self) -> settlement.Settled | None:
         """One batch; None when the database could not be reached (nothing was written:

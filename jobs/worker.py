@@ -149,7 +149,8 @@ def create_worker(
 
 async def stop_worker(worker: Worker, main: asyncio.Task[Any], grace_s: float) -> None:
     """Stop a worker started as ``main = create_task(worker.main())``: stop polling, let
-    the jobs in flight finish (at most ``grace_s``), then close its Redis pool.
+    the jobs in flight finish (at most ``grace_s``; idle drainers end at once), then
+    close its Redis pool.
 
     arq's own ``close()`` cancels running jobs and then re-raises their CancelledError,
     which would skip closing the pool. A job cancelled here rolls its transaction back,
@@ -157,6 +158,9 @@ async def stop_worker(worker: Worker, main: asyncio.Task[Any], grace_s: float) -
     """
     main.cancel()
     await asyncio.gather(main, return_exceptions=True)
+    crew = worker.ctx.get("crew")
+    if isinstance(crew, Crew):
+        crew.stop()  # drainers waiting for a ring have nothing to finish
     running = [t for t in worker.tasks.values() if not t.done()]
     if running:
         await asyncio.wait(running, timeout=grace_s)

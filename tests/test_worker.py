@@ -178,6 +178,34 @@ async def test_a_drainer_is_woken_by_each_ring_not_by_polling(stack: Stack) -> N
             await stop_worker(worker, main, 5)
 
 
+async def test_a_stopping_worker_lets_its_idle_drainer_go_at_once(stack: Stack) -> None:
+    """A drainer waiting for a ring has nothing to finish: stopping its worker ends it
+    and lets its partition go at once, not at the end of the worker's grace (here ten
+    minutes; the bound below is a tenth of it, not a speed assertion)."""
+    from jobs.worker import create_worker, stop_worker
+    from server.redisbox import redis_settings
+
+    assert stack.settings.redis_url is not None
+    alice, bob = await stack.customer("10.00"), await stack.customer("0")
+    worker = create_worker(
+        stack.settings,
+        redis_settings(stack.settings, stack.settings.redis_url),
+        handle_signals=False,
+    )
+    worker.cron_jobs = []
+    main = asyncio.create_task(worker.main())
+    async with account_events(stack.settings, bob.account) as events:
+        tid = (await stack.transfer(alice, bob.account, "1.00")).json()["id"]
+        await next_event(events, "transfer.completed", tid, within=60)
+    await asyncio.wait_for(stop_worker(worker, main, grace_s=600), 60)
+    redis = await _redis(stack)
+    try:
+        bells = Doorbells(redis, stack.settings)
+        assert await redis.get(bells.lease(partition(stack, alice))) is None, "let go"
+    finally:
+        await redis.aclose()
+
+
 async def test_one_drainer_per_partition_and_no_wake_is_lost(stack: Stack) -> None:
     """The doorbell's scripts against a real Redis: a ring starts a drainer only where
     none holds the lease; a drainer lets go only when no ring came meanwhile; a lease
