@@ -263,6 +263,27 @@ async def test_a_process_starting_while_another_holds_the_file_waits_for_it(
         await late.disconnect()
 
 
+async def test_connections_whose_transaction_could_not_end_go_back_to_the_pool(
+    store: Store,
+) -> None:
+    """A transaction whose connection the server ended cannot roll back; the connection
+    still goes back to the pool (to be replaced), so more of them than the pool holds
+    leave it working. (``databases``' own transactions kept each one checked out: the
+    pool ran dry and the last read waited for good; the bound is not a speed assertion.)"""
+    if store.is_sqlite:
+        pytest.skip("PostgreSQL's connection pool")
+    from server.store.postgres import POOL_MAX
+
+    async def ended(conn: Any) -> None:
+        await conn.fetch_val(sa.text("SELECT pg_terminate_backend(pg_backend_pid())"))
+
+    for _ in range(POOL_MAX + 1):
+        with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, OSError)):
+            await store.transaction(ended)
+    async with asyncio.timeout(60):
+        assert await store.fetch_val("SELECT 1") == 1
+
+
 async def test_a_connection_goes_back_to_the_pool_without_a_reset_round_trip(
     store: Store,
 ) -> None:

@@ -1,5 +1,6 @@
-"""The scale-out store: PostgreSQL through ``databases`` (its pool and transactions) and
-the asyncpg connection it hands out (``Connection.raw_connection``).
+"""The scale-out store: PostgreSQL through ``databases`` (its pool) and the asyncpg
+connection it hands out (``Connection.raw_connection``), whose transactions it uses
+(``PostgresStore._connection`` says why).
 
 Every statement is compiled by SQLAlchemy once per process (``_compiled``) and sent to
 asyncpg as SQL text and positional arguments, whose prepared-statement cache then
@@ -23,7 +24,6 @@ from typing import Any, TypeVar
 import asyncpg
 import sqlalchemy as sa
 from databases import Database
-from databases.core import Connection
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 from sqlalchemy.sql import visitors
@@ -280,45 +280,52 @@ class PostgresStore:
             await asyncio.wait_for(closing, CLOSE_WAIT_S)
 
     @contextlib.asynccontextmanager
-    async def _connection(self) -> AsyncIterator[Connection]:
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection from the pool, as asyncpg's own (``databases``' public
+        ``raw_connection``), and transactions on it are asyncpg's too. ``databases``'
+        ``Transaction`` enters its connection once more before BEGIN and leaves it only
+        after COMMIT or ROLLBACK succeeds: a BEGIN, COMMIT or ROLLBACK that fails or is
+        cancelled keeps the connection out of the pool for good (seen: a WebSocket closed
+        while its catch-up read began; a connection the server ended mid-transaction).
+        asyncpg's pool ends a transaction left open when the connection comes back."""
         async with self.db.connection() as conn:
             raw = conn.raw_connection
             self._lent.add(raw)
             try:
-                yield conn
+                yield raw
             finally:
                 self._lent.discard(raw)
 
     async def transaction(self, body: Body[T]) -> T:
-        async with self._connection() as conn, conn.transaction():
-            return await body(PgConn(conn.raw_connection))
+        async with self._connection() as raw, raw.transaction():
+            return await body(PgConn(raw))
 
     async def read(self, body: Body[T]) -> T:
         async with (
-            self._connection() as conn,
-            conn.transaction(isolation="repeatable_read", readonly=True),
+            self._connection() as raw,
+            raw.transaction(isolation="repeatable_read", readonly=True),
         ):
-            return await body(PgConn(conn.raw_connection))
+            return await body(PgConn(raw))
 
     async def fetch_all(self, query: Query, values: Values = None) -> list[Row]:
-        async with self._connection() as conn:
-            return await PgConn(conn.raw_connection).fetch_all(query, values)
+        async with self._connection() as raw:
+            return await PgConn(raw).fetch_all(query, values)
 
     async def fetch_one(self, query: Query, values: Values = None) -> Row | None:
-        async with self._connection() as conn:
-            return await PgConn(conn.raw_connection).fetch_one(query, values)
+        async with self._connection() as raw:
+            return await PgConn(raw).fetch_one(query, values)
 
     async def fetch_val(self, query: Query, values: Values = None) -> Any:
-        async with self._connection() as conn:
-            return await PgConn(conn.raw_connection).fetch_val(query, values)
+        async with self._connection() as raw:
+            return await PgConn(raw).fetch_val(query, values)
 
     async def chunks(
         self, query: sa.Select[Any], values: Values = None, size: int = 1000
     ) -> AsyncIterator[list[Row]]:
         """A server-side cursor (in a read-only transaction), ``size`` rows at a time."""
         sql, args = _compiled(query, values)
-        async with self._connection() as conn, conn.transaction(readonly=True):
-            cursor = await conn.raw_connection.cursor(sql, *args)
+        async with self._connection() as raw, raw.transaction(readonly=True):
+            cursor = await raw.cursor(sql, *args)
             while rows := await cursor.fetch(size):
                 yield list(rows)
 
