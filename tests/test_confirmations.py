@@ -113,6 +113,68 @@ async def test_above_the_threshold_without_a_passkey_is_refused_with_where_to_ad
     await audited(stack.store)
 
 
+async def test_a_preview_says_a_large_transfer_needs_the_passkey_as_sending_would(
+    stack: Stack,
+) -> None:
+    """Preview answers what send would: above the threshold, refused without a passkey
+    (403 ``passkey_required`` when sent), awaiting it with one; at the threshold, neither."""
+    alice, bob = await stack.customer("5000.00"), await stack.customer("0")
+
+    async def preview(amount: str) -> Any:
+        body = {"from_account": alice.account, "to_account": bob.account, "amount": amount}
+        r = await stack.client.post("/api/transfers/preview", json=body, headers=alice.headers)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    none_yet = await preview("1000.01")
+    assert (
+        none_yet["error"]["code"] == "passkey_required" and none_yet["error"]["url"] == "/security"
+    )
+    assert none_yet["requires_passkey"] is False
+    assert none_yet["balance_after"]["available"] == "3999.99"
+    assert (await preview("1000.00")) | {"balance_after": None} == {
+        "balance_after": None,
+        "error": None,
+        "requires_passkey": False,
+    }
+    await give_passkey(stack.store, alice)
+    with_one = await preview("1000.01")
+    assert with_one["error"] is None and with_one["requires_passkey"] is True
+    assert (await stack.transfer(alice, bob.account, "1000.01")).json()["status"] == (
+        "awaiting_confirmation"
+    )
+    assert (await preview("1000.00"))["requires_passkey"] is False
+    await audited(stack.store)
+
+
+async def test_the_send_forms_preview_says_when_the_passkey_will_be_asked(stack: Stack) -> None:
+    from tests.test_pages import KEY
+    from tests.test_sessions import browser, csrf_of, login
+
+    alice, bob = await stack.customer("5000.00"), await stack.customer("0")
+    async with browser(stack) as client:
+        await login(client, alice)
+        page = (await client.get(f"/accounts/{alice.account}")).text
+        token = csrf_of(page)
+        form = {"csrf_token": token, "idempotency_key": KEY.findall(page)[0], "to": bob.username}
+        headers = {"HX-Request": "true", "X-CSRF-Token": token}
+        url = f"/accounts/{alice.account}/preview"
+
+        async def says(amount: str) -> str:
+            r = await client.post(url, data={**form, "amount": amount}, headers=headers)
+            assert r.status_code == 200, r.text
+            return r.text
+
+        refused = await says("1500.00")
+        assert "confirmed with a passkey, and you have none yet" in refused
+        assert 'class="preview bad"' in refused
+        await give_passkey(stack.store, alice)
+        asked = await says("1500.00")
+        assert "After sending: $3,500.00 available. You will confirm it with your passkey." in asked
+        small = await says("10.00")
+        assert "After sending: $4,990.00 available" in small and "passkey" not in small
+
+
 async def served(settings: Settings, store: Store, **changed: Any) -> Any:
     return serve(create_app(dataclasses.replace(settings, **changed), store=store), settings)
 

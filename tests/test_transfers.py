@@ -250,6 +250,7 @@ async def test_a_preview_says_what_sending_would_leave_and_writes_nothing(stack:
             "projected": "37.66",
         },
         "error": None,
+        "requires_passkey": False,
     }
     short = (await _preview(stack, alice, bob.account, "60.00")).json()
     assert short["error"]["code"] == "insufficient_funds" and "50.00" in short["error"]["message"]
@@ -262,6 +263,7 @@ async def test_a_preview_says_what_sending_would_leave_and_writes_nothing(stack:
             "message": "no such recipient account",
             "field": "to_account",
         },
+        "requires_passkey": False,
     }
     bad = await _preview(stack, alice, bob.account, "1.234")
     assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_amount"

@@ -122,10 +122,12 @@ def insufficient(balance: Balance) -> errors.InsufficientFunds:
 
 class Preview(msgspec.Struct, frozen=True):
     """What sending would do: the sender's balance after it, or why it would be refused
-    (both, when the amount is more than is available)."""
+    (both, when the amount is more than is available); ``requires_passkey``: it would be
+    accepted awaiting its sender's passkey (``SETTLE_CONFIRM_ABOVE``)."""
 
     balance_after: Balance | None
     error: errors.SettleError | None
+    requires_passkey: bool = False
 
 
 def preview(order: Order, src: Account | None, dst: Account | None) -> Preview:

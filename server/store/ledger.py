@@ -304,9 +304,7 @@ async def accept(
         raise insufficient(src.balance)
     awaiting = confirming is not None and order.amount > confirming.above
     if awaiting and await conn.fetch_val(_HAS_PASSKEY, {"uid": order.user_id}) is None:
-        raise errors.PasskeyRequired(
-            "a transfer this large is confirmed with a passkey: add one on the Security page"
-        )
+        raise _passkey_required()
     transfer = Transfer(
         id=transfer_id,
         kind=TransferKind.TRANSFER,
@@ -457,15 +455,27 @@ async def confirm(
     return transfer, events
 
 
-async def preview(conn: Conn, order: Order, at: int) -> Preview:
+def _passkey_required() -> errors.PasskeyRequired:
+    return errors.PasskeyRequired(
+        "a transfer this large is confirmed with a passkey: add one on the Security page"
+    )
+
+
+async def preview(conn: Conn, order: Order, at: int, confirm_above: int | None) -> Preview:
     """What accepting ``order`` at ``at`` would leave on the sender's account, or the
-    rule that would refuse it, the duplicate guard included; a read: nothing is
-    written, nothing reserved."""
+    rule that would refuse it, the duplicate guard and the passkey a large transfer needs
+    included (``confirm_above``, as ``accept`` gets it); a read: nothing is written,
+    nothing reserved."""
     src, dst = await parties(conn, order)
     seen = domain_preview(order, src, dst)
-    if seen.error is None and src is not None:
-        try:
-            await _guard(conn, order, at)
-        except errors.PossibleDuplicate as exc:
-            return Preview(seen.balance_after, exc)
-    return seen
+    if seen.error is not None or src is None:
+        return seen
+    try:
+        await _guard(conn, order, at)
+    except errors.PossibleDuplicate as exc:
+        return Preview(seen.balance_after, exc)
+    if confirm_above is None or order.amount <= confirm_above:
+        return seen
+    if await conn.fetch_val(_HAS_PASSKEY, {"uid": order.user_id}) is None:
+        return Preview(seen.balance_after, _passkey_required())
+    return Preview(seen.balance_after, None, requires_passkey=True)

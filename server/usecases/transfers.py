@@ -141,4 +141,5 @@ async def preview(ctx: Context, order: Order) -> Preview:
     sending it would be refused. A read: nothing written, nothing reserved; limited
     per user like sends (its own count), since it reads the recipient's account."""
     await ctx.rate.check(order.user_id, "previews")
-    return await ctx.store.read(lambda conn: ledger.preview(conn, order, now_us()))
+    above = ctx.settings.confirm_above
+    return await ctx.store.read(lambda conn: ledger.preview(conn, order, now_us(), above))

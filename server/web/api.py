@@ -222,7 +222,7 @@ async def preview_transfer(request: Request) -> Response:
     result = await transfers.preview(services(request).usecases, order)
     after = None if result.balance_after is None else wire.balance(result.balance_after)
     error = None if result.error is None else wire.error_detail(result.error)
-    return JSONResponse(shapes.PreviewJSON(after, error))
+    return JSONResponse(shapes.PreviewJSON(after, error, result.requires_passkey))
 
 
 async def create_transfer(request: Request) -> Response:

@@ -399,12 +399,27 @@ async def _preview_text(
     if said is not None:
         return said, "info"
     result = await transfers.preview(services(request).usecases, order)
+    return _preview_words(result, form, account)
+
+
+def _preview_words(
+    result: ledger.Preview, form: dict[str, Any], account: Account
+) -> tuple[str, str]:
+    """What the preview says of the use case's answer, and its tone."""
     if isinstance(result.error, errors.AccountFrozen):
         return "", "info"  # the account's frozen notice already says it
+    if isinstance(result.error, errors.PasskeyRequired):
+        return (
+            "A transfer this large is confirmed with a passkey, and you have none yet:"
+            " add one on the Security page first."
+        ), "bad"
     if result.error is not None:
         return refusal_message(result.error, form, account), "bad"
     assert result.balance_after is not None
-    return _after(account, result.balance_after), "info"
+    after = _after(account, result.balance_after)
+    if result.requires_passkey:
+        return f"{after}. You will confirm it with your passkey.", "info"
+    return after, "info"
 
 
 async def _sent_already(

@@ -49,6 +49,8 @@ class PreviewJSON(msgspec.Struct):
     balance_after: BalanceJSON | None
     # Why it would be refused (insufficient_funds, recipient_unavailable, ...), or null.
     error: ErrorDetailJSON | None
+    # Sending it would be accepted awaiting the sender's passkey (SETTLE_CONFIRM_ABOVE).
+    requires_passkey: bool
 
 
 class HealthJSON(msgspec.Struct):
