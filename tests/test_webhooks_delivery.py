@@ -28,7 +28,7 @@ from jobs.worker import stop_worker
 from server.metrics import WEBHOOKS
 from server.redisbox import redis_settings
 from server.settings import Settings
-from tests.conftest import Customer, Stack, free_socket
+from tests.conftest import Customer, Stack, execute, free_socket
 
 
 @pytest.fixture
@@ -207,6 +207,39 @@ async def test_a_receiver_down_for_10_s_gets_everything_when_back(stack: Stack) 
             await receiver.wait_for(lambda: len(receiver.got) >= 10)
     events = verified(hook["secret"], receiver.got)
     assert [e["seq"] for e in events] == list(range(events[0]["seq"], events[0]["seq"] + 10))
+
+
+async def test_an_endpoint_enabled_again_gets_what_it_missed_in_order(stack: Stack) -> None:
+    """Disabled after failing, its owner sees why and enables it again: what the
+    accounts did meanwhile arrives, in order, and nothing is left of the reason. Only the
+    owner can: others get 404."""
+    receiver = Receiver()
+    sock = free_socket()
+    alice, bob = await stack.customer("100.00"), await stack.customer("0")
+    hook = await endpoint(stack, alice, f"http://127.0.0.1:{sock.getsockname()[1]}/hook")
+    reason = "disabled after failing every attempt for 120 h; last: HTTP 500"
+    await execute(
+        stack.store,
+        f"UPDATE webhook_endpoints SET status = 'disabled', disabled_reason = '{reason}',"
+        f" failing_since = 1 WHERE id = '{hook['id']}'",
+    )
+    url = f"/api/webhooks/{hook['id']}"
+    seen = (await stack.client.get(url, headers=alice.headers)).json()
+    assert (seen["status"], seen["disabled_reason"]) == ("disabled", reason)
+    for _ in range(3):
+        assert (await stack.transfer(alice, bob.account, "1.00")).status_code == 202
+    assert (await stack.client.post(f"{url}/enable", headers=bob.headers)).status_code == 404
+    async with listening(receiver.app, sock), workers(stack):
+        r = await stack.client.post(f"{url}/enable", headers=alice.headers)
+        assert r.status_code == 200, r.text
+        assert (r.json()["status"], r.json()["disabled_reason"]) == ("enabled", "")
+        assert "secret" not in r.json()
+        # 3 pending, missed while disabled, and their 3 completions.
+        await receiver.wait_for(lambda: len(receiver.got) >= 6)
+    events = verified(hook["secret"], receiver.got)
+    first = events[0]["seq"]  # the account's first event after the endpoint was made
+    assert [e["seq"] for e in events] == list(range(first, first + 6))
+    assert [e["type"] for e in events[:3]] == ["transfer.pending"] * 3
 
 
 async def test_a_redirect_is_not_followed_even_to_a_metadata_address(stack: Stack) -> None:

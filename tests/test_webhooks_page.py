@@ -54,6 +54,36 @@ async def test_the_page_adds_tests_rotates_and_deletes_an_endpoint(stack: Stack)
         assert 'data-testid="webhook-' not in (await client.get("/webhooks")).text
 
 
+async def test_a_disabled_endpoint_says_why_and_is_enabled_again_from_the_page(
+    stack: Stack,
+) -> None:
+    from tests.conftest import execute
+
+    alice = await stack.customer()
+    async with browser(stack) as client:
+        csrf = await login(client, alice)
+        r = await client.post(
+            "/webhooks", data={"csrf_token": csrf, "url": "https://93.184.216.34/in"}
+        )
+        assert r.status_code == 201, r.text
+        (wh,) = re.findall(r'data-testid="webhook-(wh_[^"]+)"', r.text)
+        assert "Enable again" not in r.text
+        await execute(
+            stack.store,
+            "UPDATE webhook_endpoints SET status = 'disabled',"
+            f" disabled_reason = 'failing for 120 h' WHERE id = '{wh}'",
+        )
+        page = (await client.get("/webhooks")).text
+        assert "Disabled: failing for 120 h" in page and "Enable again" in page
+        refused = await client.post(f"/webhooks/{wh}/enable", data={"csrf_token": "x"})
+        assert refused.status_code == 403
+        r = await client.post(f"/webhooks/{wh}/enable", data={"csrf_token": csrf})
+        assert r.status_code == 303
+        page = (await client.get("/webhooks")).text
+        assert "<strong>Enabled</strong>" in page
+        assert "Enable again" not in page and "failing for 120 h" not in page
+
+
 async def test_a_refused_url_is_said_on_the_page(stack: Stack) -> None:
     alice = await stack.customer()
     async with browser(stack) as client:

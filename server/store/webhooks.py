@@ -154,6 +154,17 @@ async def rotate(conn: Conn, user_id: str, endpoint_id: str, secret: str, at: in
     return await _endpoint(conn, user_id, endpoint_id)
 
 
+async def enable(conn: Conn, user_id: str, endpoint_id: str) -> Endpoint:
+    """Enable an endpoint again (one disabled after failing): no failing time, no
+    reason. Its cursors waited while it was disabled, so what its owner's accounts did
+    meanwhile is delivered next, in order; deliveries whose retries were spent stay
+    failed (each can be retried)."""
+    found = await _endpoint(conn, user_id, endpoint_id, lock=True)
+    values = {"status": EndpointStatus.ENABLED.value, "disabled_reason": "", "failing_since": None}
+    await conn.execute(sa.update(_E).where(_E.c.id == found.id).values(**values))
+    return await _endpoint(conn, user_id, endpoint_id)
+
+
 async def _insert_deliveries(
     conn: Conn, endpoint_id: str, items: Sequence[tuple[str, str, str]], at: int
 ) -> list[str]:

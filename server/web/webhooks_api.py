@@ -98,6 +98,13 @@ async def rotate(app: Services, user_id: str, endpoint_id: str) -> wire.WebhookJ
     return wire.webhook(rotated, with_secret=True)
 
 
+async def enable(app: Services, user_id: str, endpoint_id: str) -> wire.WebhookJSON:
+    enabled = await app.store.transaction(lambda conn: hooks.enable(conn, user_id, endpoint_id))
+    await webhook_queue.set_enabled(app.redis, app.settings, True)
+    await webhook_queue.poke(app.redis, app.settings, [endpoint_id])
+    return wire.webhook(enabled)
+
+
 async def delete(app: Services, user_id: str, endpoint_id: str) -> None:
     await app.store.transaction(lambda conn: hooks.delete(conn, user_id, endpoint_id))
 
@@ -130,6 +137,12 @@ async def rotate_secret(request: Request) -> Response:
     user = await current_user(request)
     rotated = await rotate(services(request), user.id, request.path_params["webhook_id"])
     return JSONResponse(rotated)
+
+
+async def enable_webhook(request: Request) -> Response:
+    user = await current_user(request)
+    enabled = await enable(services(request), user.id, request.path_params["webhook_id"])
+    return JSONResponse(enabled)
 
 
 async def list_deliveries(request: Request) -> Response:
@@ -214,6 +227,17 @@ ENDPOINTS = [
         Operation(
             "A new signing secret; the old one keeps signing beside it for 24 hours",
             Answer(200, wire.WebhookJSON, "the endpoint, with its new secret"),
+            refusals=NOT_FOUND,
+        ),
+    ),
+    Endpoint(
+        "/api/webhooks/{webhook_id}/enable",
+        "POST",
+        enable_webhook,
+        Operation(
+            "Enable an endpoint again (one disabled after failing): what its accounts did"
+            " while it was disabled is delivered next, in order",
+            Answer(200, wire.WebhookJSON, "the endpoint, enabled"),
             refusals=NOT_FOUND,
         ),
     ),

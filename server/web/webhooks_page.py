@@ -92,6 +92,12 @@ async def rotate(request: Request) -> Response:
     return await _render(request, session, revealed=rotated)
 
 
+async def enable(request: Request) -> Response:
+    session, _ = await _posted(request)
+    await webhooks_api.enable(services(request), session.user_id, request.path_params["webhook_id"])
+    return RedirectResponse("/webhooks", status_code=303)
+
+
 async def test(request: Request) -> Response:
     session, _ = await _posted(request)
     await webhooks_api.send_test(
@@ -116,6 +122,7 @@ routes = [
     Route("/webhooks", create, methods=["POST"]),
     Route("/webhooks/{webhook_id}/delete", delete, methods=["POST"]),
     Route("/webhooks/{webhook_id}/rotate-secret", rotate, methods=["POST"]),
+    Route("/webhooks/{webhook_id}/enable", enable, methods=["POST"]),
     Route("/webhooks/{webhook_id}/test", test, methods=["POST"]),
     Route("/webhooks/{webhook_id}/deliveries/{delivery_id}/retry", retry, methods=["POST"]),
 ]
