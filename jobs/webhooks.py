@@ -23,9 +23,10 @@ import logging
 import random
 from typing import Any
 
-from arq import Worker, cron, func
+from arq import Worker, func
 from arq.connections import RedisSettings
 
+from jobs import arq_worker
 from server.domain import webhooks as rules
 from server.domain.clock import now_us
 from server.domain.webhooks import Delivery, Endpoint, EndpointStatus, Outcome
@@ -230,19 +231,10 @@ def create_webhook_worker(
     store: Store | None = None,
 ) -> Worker:
     """The arq worker of the webhooks queue (``settle worker`` runs it beside settlement's)."""
-    every = max(settings.sweep_interval_s, 1)
-    sweeper = cron(
-        sweep,
-        name=f"{settings.redis_prefix}:webhooks:sweep",
-        second=set(range(0, 60, every)),
-        run_at_startup=True,
-        unique=True,
-        timeout=60,
-    )
-    ctx: dict[str, Any] = {"settings": settings}
-    if store is not None:
-        ctx["store"] = store
-    return Worker(
+    return arq_worker.build(
+        settings,
+        redis_settings,
+        queue_name=settings.webhook_queue_name,
         functions=[
             # A round's attempts each end within the receiver's timeout; a job whose
             # worker died is run again once its timeout passed, redoing its delivery.
@@ -253,16 +245,12 @@ def create_webhook_worker(
                 max_tries=1000,
             ),
         ],
-        cron_jobs=[] if burst else [sweeper],
-        queue_name=settings.webhook_queue_name,
-        redis_settings=redis_settings,
-        on_startup=startup,
-        on_shutdown=shutdown,
-        ctx=ctx,
+        sweep=sweep,
+        sweep_name=f"{settings.redis_prefix}:webhooks:sweep",
+        startup=startup,
+        shutdown=shutdown,
+        max_jobs=MAX_JOBS,
         burst=burst,
         handle_signals=handle_signals,
-        poll_delay=0 if burst else settings.worker_poll_ms / 1000,
-        max_jobs=MAX_JOBS,
-        keep_result=0,
-        health_check_key=f"{settings.webhook_queue_name}:health-check",
+        store=store,
     )

@@ -16,10 +16,11 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from arq import Worker, cron, func
+from arq import Worker, func
 from arq.connections import RedisSettings
 from redis.exceptions import RedisError
 
+from jobs import arq_worker
 from jobs.drainer import Crew, drain
 from server.domain.clock import now_us
 from server.domain.settlement import partition_of
@@ -103,19 +104,10 @@ def create_worker(
     store: Store | None = None,
 ) -> Worker:
     """The arq worker for these settings (``settle worker`` runs it; tests burst it)."""
-    every = max(settings.sweep_interval_s, 1)
-    sweeper = cron(
-        sweep,
-        name=f"{settings.redis_prefix}:sweep",
-        second=set(range(0, 60, every)),
-        run_at_startup=True,
-        unique=True,
-        timeout=60,
-    )
-    ctx: dict[str, Any] = {"settings": settings, "burst": burst}
-    if store is not None:
-        ctx["store"] = store
-    return Worker(
+    return arq_worker.build(
+        settings,
+        redis_settings,
+        queue_name=settings.queue_name,
         functions=[
             func(
                 drain,
@@ -127,23 +119,17 @@ def create_worker(
                 max_tries=2,
             )
         ],
-        # A burst worker stops when the queue is empty, which a scheduled cron job never is.
-        cron_jobs=[] if burst else [sweeper],
-        queue_name=settings.queue_name,
-        redis_settings=redis_settings,
-        on_startup=startup,
-        on_shutdown=shutdown,
-        ctx=ctx,
-        burst=burst,
-        handle_signals=handle_signals,
-        poll_delay=0 if burst else settings.worker_poll_ms / 1000,
+        sweep=sweep,
+        sweep_name=f"{settings.redis_prefix}:sweep",
+        startup=startup,
+        shutdown=shutdown,
         # Every partition may drain in one worker, with the sweeper beside them (the
         # drainers spread over the workers themselves: ``jobs.drainer.Crew``).
         max_jobs=settings.settle_partitions + 2,
+        burst=burst,
+        handle_signals=handle_signals,
+        store=store,
         job_timeout=settings.job_timeout_s,
-        # No stored results: job ids are unique anyway.
-        keep_result=0,
-        health_check_key=f"{settings.queue_name}:health-check",
     )
 
 
