@@ -1,5 +1,5 @@
 """The Webhooks page: a person's endpoints, each with its recent deliveries and their
-outcome; adding and deleting endpoints, "Send test event", "Retry" and "Rotate secret".
+outcome (asked again every 2 s while one is pending, so it shows without a reload); adding and deleting endpoints, "Send test event", "Retry" and "Rotate secret".
 Every form carries the session's CSRF token and works without JavaScript (post, then
 redirect; a new secret is shown once, on the answer to the post that made it). The
 work is the API's (``server.web.webhooks_api``): one rule for both."""
@@ -14,6 +14,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from server.domain import errors, webhooks, wire
+from server.domain.webhooks import DeliveryStatus
 from server.store import webhooks as hooks
 from server.web import forms, fragments, sessions, webhooks_api
 from server.web.services import services
@@ -36,12 +37,16 @@ async def _render(
     for endpoint in await hooks.endpoints_of(store, session.user_id):
         recent = await hooks.deliveries(store, session.user_id, endpoint.id, RECENT, None)
         listed.append({"endpoint": endpoint, "deliveries": [wire.delivery(d) for d in recent]})
+    waiting = any(
+        d.status is DeliveryStatus.PENDING for item in listed for d in item["deliveries"]
+    )
     return fragments.render(
         request,
         "webhooks.html",
         status_code,
         session=session,
         endpoints=listed,
+        waiting=waiting,
         revealed=revealed,
         problem=problem,
         form=form or {"url": "", "events": "", "description": ""},
