@@ -1,17 +1,21 @@
-// settle.js: what the pages add on top of htmx and its WebSocket extension (hx-ws).
-// No framework, no build step. The server renders every piece of UI (and word); this
-// file only (1) sends the CSRF token, (2) never lets an older render replace a newer
-// one, (3) makes room for new rows, (4) resumes the stream from the last event seen,
-// (5) shows the connection state, (6) announces each event once, (7) gives each tab
-// its own form key and asks the server what became of a send whose answer was lost,
-// (8) loads the passkey ceremonies when a transfer is confirmed in place.
+// settle.js: what the pages add to htmx and its WebSocket extension (hx-ws); no build
+// step. The server renders all UI and words; this only (1) sends the CSRF token, (2)
+// never lets an older render replace a newer one, (3) makes room for new rows, (4)
+// resumes the stream from the last event seen, (5) shows the connection state, (6)
+// announces each event once, (7) gives each tab its own form key, asks what became of
+// a send whose answer was lost, and keeps previews from its sends, (8) loads the
+// passkey ceremonies when a transfer is confirmed in place.
 (() => {
   "use strict";
 
   const RECONNECT_CODES = [1001, 1005, 1006, 1011, 1012, 1013, 1014];
+  const on = (name, handler) => document.addEventListener(name, handler);
+  const sendForm = () => document.getElementById("transfer-form");
+  const csrf = () => document.querySelector('meta[name="csrf-token"]')?.content;
+  const posts = (ctx, path) => (ctx?.request?.action || "").endsWith(path);
 
   // (8) The passkey ceremonies (passkeys.js) load on first use only.
-  document.addEventListener("click", (e) => {
+  on("click", (e) => {
     const link = e.target.closest?.("[data-passkey-confirm]");
     if (!link || window.settlePasskeys || !window.PublicKeyCredential) return;
     e.preventDefault();
@@ -21,41 +25,36 @@
     document.head.append(script);
   });
 
-  document.addEventListener("htmx:config:request", (e) => {
+  on("htmx:config:request", (e) => {
     if (!sendAllowed(e.detail.ctx) || !previewAllowed(e.detail.ctx)) {
       e.preventDefault();
       return;
     }
-    const token = document.querySelector('meta[name="csrf-token"]');
-    if (token) e.detail.ctx.request.headers["X-CSRF-Token"] = token.content;
+    const token = csrf();
+    if (token) e.detail.ctx.request.headers["X-CSRF-Token"] = token;
   });
 
-  const isSend = (ctx) => /\/transfers$/.test(ctx?.request?.action || "");
-  const isFate = (ctx) => /\/sent$/.test(ctx?.request?.action || "");
-  const isPreview = (ctx) => /\/preview$/.test(ctx?.request?.action || "");
-
-  // A preview is about the form as typed, before it is sent. Typing then pressing Send
-  // within the preview's delay would have it answer about the send itself ("Already
-  // sent with this form"): no preview while a send is on its way, and none asked
-  // before a send is shown after it.
+  const isSend = (ctx) => posts(ctx, "/transfers");
+  const isFate = (ctx) => posts(ctx, "/sent");
+  // A preview answered after a send would be about the send itself ("Already sent
+  // with this form"): none is asked while a send is on its way, none shown after one.
   let sends = 0;
   function previewAllowed(ctx) {
-    if (!isPreview(ctx)) return true;
-    const form = document.getElementById("transfer-form");
-    if (form?.dataset.sending || form?.dataset.asking) return false;
-    ctx.settleSends = sends;
-    return true;
+    if (!posts(ctx, "/preview")) return true;
+    ctx.sends = sends;
+    const form = sendForm();
+    return !form?.dataset.sending && !form?.dataset.asking;
   }
-  document.addEventListener("htmx:before:swap", (e) => {
-    const ctx = e.detail.ctx;
-    if (isPreview(ctx) && ctx.settleSends !== sends) e.preventDefault();
+  on("htmx:before:swap", (e) => {
+    const sent = e.detail.ctx?.sends;
+    if (sent !== undefined && sent !== sends) e.preventDefault();
   });
 
   // A second Enter on a slow machine lands on the fresh, empty form the first brought
   // back: it would only replace "Sent — pending" with errors. One send at a time.
   function sendAllowed(ctx) {
     if (!isSend(ctx)) return true;
-    const form = document.getElementById("transfer-form");
+    const form = sendForm();
     if (!form) return true;
     if (form.dataset.sending) return false;
     const body = ctx.request.body;
@@ -69,8 +68,8 @@
     sends += 1;
     return true;
   }
-  document.addEventListener("htmx:finally:request", (e) => {
-    const form = document.getElementById("transfer-form");
+  on("htmx:finally:request", (e) => {
+    const form = sendForm();
     if (isSend(e.detail.ctx)) {
       delete form?.dataset.sending;
       if (!form?.dataset.asking) releaseHeldBack();
@@ -81,8 +80,8 @@
     }
   });
 
-  // Out-of-band swaps replace elements by id, so a brand-new transfer needs an empty
-  // row to land in. Responses and events name their rows as id="row-...".
+  // Out-of-band swaps replace elements by id: a new transfer needs an empty row
+  // (id="row-...") to land in.
   function makeRoom(html) {
     const list = document.getElementById("history");
     if (!list || typeof html !== "string") return;
@@ -96,13 +95,13 @@
     }
   }
 
-  document.addEventListener("htmx:after:request", (e) => makeRoom(e.detail.ctx.text));
+  on("htmx:after:request", (e) => makeRoom(e.detail.ctx.text));
 
   // An HTTP response and a stream event may arrive in either order: keep the newest.
   // Balance cards carry the account's event seq, rows 0 (pending) or 1 (final). And an
   // event is announced once: an announcement about the event the region already said
   // (the answer to a send, then the stream; two accounts of one person) is dropped.
-  document.addEventListener("htmx:before:swap", (e) => {
+  on("htmx:before:swap", (e) => {
     const tasks = e.detail.tasks;
     for (let i = tasks.length - 1; i >= 0; i--) {
       const fragment = tasks[i].fragment?.firstElementChild;
@@ -126,7 +125,7 @@
     const event = said?.dataset.event;
     if (!event) return true;
     if (region?.querySelector?.("[data-event]")?.dataset.event === event) return false;
-    const form = document.getElementById("transfer-form");
+    const form = sendForm();
     const sending = form?.dataset.sending || form?.dataset.asking;
     if (sending && !said.hidden && event.endsWith(":transfer.pending")) {
       heldBack = { event, html: incoming.innerHTML };
@@ -216,7 +215,7 @@
     }
   }
 
-  document.addEventListener("htmx:after:swap", () => {
+  on("htmx:after:swap", () => {
     const send = document.getElementById("send");
     if (!send || !send.dataset.swapped) return;
     delete send.dataset.swapped;
@@ -236,14 +235,14 @@
       send.querySelector("#form-status");
     target?.focus();
   });
-  document.addEventListener("htmx:before:swap", (e) => {
+  on("htmx:before:swap", (e) => {
     for (const task of e.detail.tasks) {
       const el = task.fragment?.firstElementChild;
       if (el?.id === "send") el.dataset.swapped = "1";
     }
   });
 
-  document.addEventListener("htmx:ws:before:message:incoming", (e) => {
+  on("htmx:ws:before:message:incoming", (e) => {
     let message;
     try {
       message = JSON.parse(e.detail.message.data);
@@ -279,9 +278,9 @@
     }
   });
 
-  // Each reconnect asks for what happened after the last event this page applied,
-  // so nothing is missed and nothing is applied twice.
-  document.addEventListener("htmx:ws:before:connection", (e) => {
+  // Each reconnect asks for what came after the last event applied here: nothing
+  // missed, nothing applied twice.
+  on("htmx:ws:before:connection", (e) => {
     const since = e.target.dataset.since;
     if (since === undefined) return;
     const url = new URL(e.detail.connection.url);
@@ -289,11 +288,11 @@
     e.detail.connection.url = url.toString();
   });
 
-  document.addEventListener("htmx:ws:after:connection", () => {
+  on("htmx:ws:after:connection", () => {
     openSockets += 1;
     live();
   });
-  document.addEventListener("htmx:ws:close", (e) => {
+  on("htmx:ws:close", (e) => {
     if (e.detail.reason === "removed") return;
     openSockets = Math.max(0, openSockets - 1);
     if (openSockets > 0) return;
@@ -322,11 +321,10 @@
   const zoneMeta = document.querySelector('meta[name="settle-time-zone"]');
   const zone = Intl.DateTimeFormat().resolvedOptions().timeZone;
   if (zoneMeta && !zoneMeta.content && zone) {
-    const token = document.querySelector('meta[name="csrf-token"]')?.content || "";
     fetch("/settings/time-zone", {
       method: "POST",
       credentials: "same-origin",
-      headers: { "X-CSRF-Token": token },
+      headers: { "X-CSRF-Token": csrf() || "" },
       body: new URLSearchParams({ time_zone: zone }),
     })
       .then((r) => {
@@ -350,7 +348,7 @@
   }
 
   function tabKey(adopt) {
-    const form = document.getElementById("transfer-form");
+    const form = sendForm();
     const input = form?.querySelector('input[name="idempotency_key"]');
     if (!input) return;
     try {
@@ -366,7 +364,7 @@
   // knows, so ask it (POST …/sent, the same form): the form sent, or "Not sent". If it
   // cannot be reached either, say so and ask again once the connection is back.
   function formSays(tone) {
-    const form = document.getElementById("transfer-form");
+    const form = sendForm();
     const status = form?.querySelector("#form-status");
     if (!status) return;
     status.className = `form-status ${tone}`;
@@ -374,7 +372,7 @@
   }
 
   function askFate(quiet) {
-    const form = document.getElementById("transfer-form");
+    const form = sendForm();
     if (!form) return;
     if (!quiet) {
       form.dataset.asking = "1";
@@ -391,7 +389,7 @@
 
   const formState = () => document.querySelector("#transfer-form #form-status")?.classList;
 
-  document.addEventListener("htmx:error", (e) => {
+  on("htmx:error", (e) => {
     const ctx = e.detail.ctx;
     if (isSend(ctx)) askFate(false);
     else if (isFate(ctx)) formSays("unreachable");
@@ -402,5 +400,5 @@
     if (formState()?.contains("unreachable")) askFate(false);
   }
   window.addEventListener("online", reconnected);
-  document.addEventListener("htmx:ws:after:connection", reconnected);
+  on("htmx:ws:after:connection", reconnected);
 })();
