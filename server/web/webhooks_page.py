@@ -1,6 +1,7 @@
 """The Webhooks page: a person's endpoints, each with its recent deliveries and their
-outcome (asked again every 2 s while one is pending, so it shows without a reload); adding and deleting endpoints, "Send test event", "Retry" and "Rotate secret".
-Every form carries the session's CSRF token and works without JavaScript (post, then
+outcome (asked again every 2 s while one is pending, so it shows without a reload);
+adding and deleting endpoints, "Enable again", "Send test event", "Retry" and "Rotate
+secret". Every form carries the session's CSRF token and works without JavaScript (post, then
 redirect; a new secret is shown once, on the answer to the post that made it). The
 work is the API's (``server.web.webhooks_api``): one rule for both."""
 
@@ -37,9 +38,7 @@ async def _render(
     for endpoint in await hooks.endpoints_of(store, session.user_id):
         recent = await hooks.deliveries(store, session.user_id, endpoint.id, RECENT, None)
         listed.append({"endpoint": endpoint, "deliveries": [wire.delivery(d) for d in recent]})
-    waiting = any(
-        d.status is DeliveryStatus.PENDING for item in listed for d in item["deliveries"]
-    )
+    waiting = any(d.status is DeliveryStatus.PENDING for item in listed for d in item["deliveries"])
     return fragments.render(
         request,
         "webhooks.html",
