@@ -78,6 +78,7 @@ def api_routes(w: World) -> list[tuple[str, str, Any, int]]:
         ("POST", f"/api/webhooks/{w.webhook}/test", None, 202),
         ("POST", f"/api/webhooks/{w.webhook}/deliveries/{w.delivery}/retry", None, 202),
         ("POST", f"/api/webhooks/{w.webhook}/rotate-secret", None, 200),
+        ("POST", f"/api/webhooks/{w.webhook}/enable", None, 200),
         ("DELETE", f"/api/webhooks/{w.webhook}", None, 204),
         ("DELETE", "/api/tokens", None, 204),
     ]
@@ -180,6 +181,7 @@ def page_routes(w: World) -> list[tuple[str, str, int]]:
         ("POST", f"/webhooks/{w.webhook}/test", 303),
         ("POST", f"/webhooks/{w.webhook}/deliveries/{w.delivery}/retry", 303),
         ("POST", f"/webhooks/{w.webhook}/rotate-secret", 200),
+        ("POST", f"/webhooks/{w.webhook}/enable", 303),
         ("POST", f"/webhooks/{w.webhook}/delete", 303),
         ("POST", "/security/passkeys/no-such-key/name", 404),
         # Without the password: refused, nothing removed.
@@ -326,10 +328,12 @@ def test_every_route_is_in_a_matrix() -> None:
         "/api/webhooks/{webhook_id}/test",
         "/api/webhooks/{webhook_id}/deliveries/{delivery_id}/retry",
         "/api/webhooks/{webhook_id}/rotate-secret",
+        "/api/webhooks/{webhook_id}/enable",
         "/webhooks",
         "/webhooks/{webhook_id}/test",
         "/webhooks/{webhook_id}/deliveries/{delivery_id}/retry",
         "/webhooks/{webhook_id}/rotate-secret",
+        "/webhooks/{webhook_id}/enable",
         "/webhooks/{webhook_id}/delete",
         "/api/transfers/{transfer_id}/confirmation",
         "/api/passkeys",
