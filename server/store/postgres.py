@@ -1,6 +1,6 @@
 """The scale-out store: PostgreSQL through ``databases`` (its pool) and the asyncpg
 connection it hands out (``Connection.raw_connection``), whose transactions it uses
-(``PostgresStore._connection`` says why).
+(the store's connection method says why).
 
 Every statement is compiled by SQLAlchemy once per process (``_compiled``) and sent to
 asyncpg as SQL text and positional arguments, whose prepared-statement cache then
