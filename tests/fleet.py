@@ -71,6 +71,13 @@ class Fleet:
                 tail = (self.logs / f"{name}.log").read_text(errors="replace")[-3000:]
                 raise AssertionError(f"{name} exited with {proc.returncode}:\n{tail}")
 
+    def tails(self, chars: int = 2000) -> str:
+        """The end of each process's log, for a failure's message."""
+        return "\n".join(
+            f"--- {name}.log:\n" + (self.logs / f"{name}.log").read_text(errors="replace")[-chars:]
+            for name in self.procs
+        )
+
     def stop_all(self) -> None:
         """SIGTERM each process; one that does not stop within 15 s fails the test."""
         for proc in self.procs.values():

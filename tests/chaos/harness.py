@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import dataclasses
 import os
 import random
@@ -209,16 +208,23 @@ class Watcher:
     holder: Holder
     seqs: list[int] = dataclasses.field(default_factory=list)
     balance: dict[str, str] | None = None
+    # How each of its sockets ended ("1011 server error: ..."), for a failure's message.
+    ends: list[str] = dataclasses.field(default_factory=list)
 
     async def run(self) -> None:
         ws_url = self.base_url.replace("http://", "ws://")
         while True:
             since = self.seqs[-1] if self.seqs else 0
             url = f"{ws_url}/ws?account={self.holder.account}&since={since}"
-            with contextlib.suppress(OSError, WebSocketException, InvalidHandshake):
+            try:
                 async with connect(url, additional_headers=self.holder.headers) as ws:
-                    async for raw in ws:
-                        self.receive(orjson.loads(raw))
+                    try:
+                        async for raw in ws:
+                            self.receive(orjson.loads(raw))
+                    finally:
+                        self.ends.append(f"{ws.close_code} {ws.close_reason}")
+            except (OSError, WebSocketException, InvalidHandshake) as exc:
+                self.ends.append(repr(exc))
             await asyncio.sleep(0.05)
 
     def receive(self, message: dict[str, Any]) -> None:
@@ -241,13 +247,21 @@ class Round:
 
 
 async def wait_for(
-    what: str, done: Callable[[], Awaitable[bool]], fleet: Deployment, within: float
+    what: str,
+    done: Callable[[], Awaitable[bool]],
+    fleet: Deployment,
+    within: float,
+    detail: Callable[[], str] = str,
 ) -> float:
-    """Poll ``done`` until it holds; return how long that took."""
+    """Poll ``done`` until it holds; return how long that took. Past ``within`` it
+    fails with ``detail()`` and the end of each process's log."""
     start = time.monotonic()
     while not await done():
         fleet.check_alive()
-        assert time.monotonic() - start < within, f"not healed within {within} s: {what}"
+        if time.monotonic() - start >= within:
+            raise AssertionError(
+                f"not healed within {within} s: {what}\n{detail()}\n{fleet.tails()}"
+            )
         await asyncio.sleep(0.05)
     return time.monotonic() - start
 
@@ -269,10 +283,25 @@ async def healed(
             (r["id"], r["seq"])
             for r in await store.fetch_all(sa.select(accounts.c.id, accounts.c.seq))
         )
+        last.update(seqs)
         return all(w.seqs and w.seqs[-1] == seqs[w.holder.account] for w in watchers)
 
+    last: dict[str, int] = {}
+
+    def subscribers() -> str:
+        return "\n".join(
+            f"subscriber of {w.holder.account}: seq {w.seqs[-1] if w.seqs else None} of"
+            f" {last.get(w.holder.account)}, {len(w.ends)} sockets ended, the last"
+            f" {w.ends[-3:]}"
+            for w in watchers
+        )
+
     return await wait_for(
-        "every transfer final, every subscriber current", settled_and_seen, fleet, within
+        "every transfer final, every subscriber current",
+        settled_and_seen,
+        fleet,
+        within,
+        subscribers,
     )
 
 
