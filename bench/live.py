@@ -6,6 +6,15 @@
 ``transfer.pending`` at each of them.
 
     python -m bench.live [--rate 500] [--seconds 10] [--fanout 1000]
+        [--runs 1] [--recipient sink|ring] [--pg URL] [--slow-ms MS]
+
+``--recipient sink`` (what ``make bench`` measures): every sender pays one account, which
+each acceptance then locks to log its incoming pending event (a merchant's account);
+``ring``: each sender pays the next, so no account is in every transfer. ``--pg``: on a
+database of its own on that PostgreSQL server instead of a SQLite file. ``--runs``:
+that many windows back to back on one deployment. ``--slow-ms``: also list when (seconds
+into the window) each transfer whose pending event took longer than that was sent: slow
+ones that cluster within a tenth of a second share one stall.
 """
 
 from __future__ import annotations
@@ -25,7 +34,14 @@ import uvloop
 from bench import loadgen, seed
 from bench.seed import User
 from bench.sockets import Seen, close_all, listen, subscribe, subscribe_many, wait_until
-from bench.stack import Stack, redis_server, running, transfer_request
+from bench.stack import (
+    Stack,
+    connected,
+    postgres_database,
+    redis_server,
+    running,
+    transfer_request,
+)
 from bench.stats import line
 
 SENDERS = 10
@@ -39,12 +55,20 @@ class Live:
     pending: list[float]
     completed: list[float]
     failed: int
+    # (seconds into the window it was sent, ms to its pending event), in sending order.
+    pending_when: list[tuple[float, float]] = dataclasses.field(default_factory=list)
 
 
 async def drive(
-    stack: Stack, senders: Sequence[User], sink: User, rate: float, seconds: float
+    stack: Stack,
+    senders: Sequence[User],
+    sink: User,
+    rate: float,
+    seconds: float,
+    ring: bool = False,
 ) -> Live:
-    """Transfers of 0.01 from ``senders`` in turn to ``sink`` at ``rate`` per second."""
+    """Transfers of 0.01 from ``senders`` in turn to ``sink`` at ``rate`` per second
+    (``ring``: each to the next sender instead)."""
     seen: Seen = {}
     socks = [await subscribe(stack.url, u.account, u.token) for u in senders]
     listeners = [asyncio.create_task(listen(ws, seen)) for ws in socks]
@@ -57,7 +81,8 @@ async def drive(
 
     async def one(i: int) -> None:
         user = senders[i % len(senders)]
-        raw = transfer_request(stack.host, user.token, user.account, sink.account, f"{run}-{i}")
+        to = senders[(i + 1) % len(senders)] if ring else sink
+        raw = transfer_request(stack.host, user.token, user.account, to.account, f"{run}-{i}")
         t0 = time.perf_counter()
         try:
             status, body = await pool.send(raw)
@@ -79,8 +104,18 @@ async def drive(
     def since_post(kind: str) -> list[float]:
         return [(seen[(t, kind)] - t0) * 1000 for t, t0 in started.items() if (t, kind) in seen]
 
+    first = min(started.values(), default=0.0)
+    when = sorted(
+        (t0 - first, (seen[(t, "transfer.pending")] - t0) * 1000)
+        for t, t0 in started.items()
+        if (t, "transfer.pending") in seen
+    )
     return Live(
-        accepted, since_post("transfer.pending"), since_post("transfer.completed"), len(failed)
+        accepted,
+        since_post("transfer.pending"),
+        since_post("transfer.completed"),
+        len(failed),
+        when,
     )
 
 
@@ -117,24 +152,64 @@ async def main() -> None:
     p.add_argument("--seconds", type=float, default=10)
     p.add_argument("--fanout", type=int, default=1000)
     p.add_argument("--fanout-events", type=int, default=5)
+    p.add_argument("--runs", type=int, default=1, help="windows back to back")
+    p.add_argument("--recipient", choices=["sink", "ring"], default="sink")
+    p.add_argument("--pg", metavar="URL", help="a PostgreSQL server instead of SQLite")
+    p.add_argument("--slow-ms", type=float, help="list when the slower pending ones were sent")
     args = p.parse_args()
     with (
         tempfile.TemporaryDirectory(prefix="settle-bench-") as tmp,
         redis_server(Path(tmp)) as redis_url,
     ):
         var = Path(tmp)
-        seed.create(var / "settle.db")
-        seeder = seed.Seeder(var / "settle.db")
-        users = seeder.users(SENDERS + 3, "live")
-        seeder.close()
-        with running(var, redis_url, var / "settle.db", "live") as stack:
-            live = await drive(stack, users[:SENDERS], users[SENDERS], args.rate, args.seconds)
+        if args.pg is None:
+            seed.create(var / "settle.db")
+            seeder = seed.Seeder(var / "settle.db")
+            users = seeder.users(SENDERS + 3, "live")
+            seeder.close()
+            await measure(args, var, redis_url, var / "settle.db", users)
+            return
+        async with postgres_database(args.pg) as url:
+            if url is None:
+                raise SystemExit(f"no PostgreSQL at {args.pg}")
+            await measure(args, var, redis_url, url, None)
+
+
+async def measure(
+    args: argparse.Namespace,
+    var: Path,
+    redis_url: str,
+    database: Path | str,
+    users: list[User] | None,
+) -> None:
+    """The windows, then the fan-out, on one deployment (users seeded through it when
+    none are given)."""
+    with running(var, redis_url, database, "live") as stack:
+        if users is None:
+            async with connected(stack.settings) as store:
+                users = await seed.users_through(store, SENDERS + 3, "live")
+        for _ in range(args.runs):
+            live = await drive(
+                stack,
+                users[:SENDERS],
+                users[SENDERS],
+                args.rate,
+                args.seconds,
+                args.recipient == "ring",
+            )
             print(f"{len(live.accepted)} transfers accepted, {live.failed} failed")
             print(line(f"POST start -> 202 response ({args.rate}/s)", live.accepted))
             print(line(f"POST start -> transfer.pending at sender ({args.rate}/s)", live.pending))
             print(
                 line(f"POST start -> transfer.completed at sender ({args.rate}/s)", live.completed)
             )
+            if args.slow_ms is not None:
+                slow = [
+                    f"{s:.2f} s: {ms:.0f} ms" for s, ms in live.pending_when if ms > args.slow_ms
+                ]
+                more = f" (and {len(slow) - 60} more)" if len(slow) > 60 else ""
+                print(f"pending over {args.slow_ms:g} ms, sent at: " + ", ".join(slow[:60]) + more)
+        if args.fanout:
             ms = await fan_out(stack, users[-2], users[-1], args.fanout, args.fanout_events)
             print(line(f"POST start -> pending at each of {args.fanout} subscribers", ms))
 
