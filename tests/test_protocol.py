@@ -214,6 +214,32 @@ async def test_a_silent_connection_is_closed_from_accept_and_between_requests(
         writer.close()
 
 
+async def test_a_websocket_outlives_the_idle_timeout_of_the_connection_it_upgraded(
+    settings: Settings, store: Store
+) -> None:
+    """The idle timer is for a connection waiting for its next request; a WebSocket is
+    past that, and stays open however long it is quiet, then gets what happens later.
+    (Before: the timer the handshake's request armed closed the socket, with no close
+    frame, one idle timeout after it opened: every page and subscriber reconnected every
+    5 s, and a benchmark's subscribers missed half their events.)"""
+    async with served(settings, store, http=QuickIdle) as port:
+        url = f"http://127.0.0.1:{port}"
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+            stack = Stack(settings, store, url, client)
+            alice, bob = await stack.customer(), await stack.customer()
+            async with connect(ws_url(url, alice.account), additional_headers=alice.headers) as ws:
+                # Three idle timeouts of quiet: a close would end this wait early.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(3 * QuickIdle.idle_timeout_s):
+                        async for _ in ws:
+                            pass
+                assert ws.close_code is None
+                assert (await stack.transfer(alice, bob.account, "1.00")).status_code == 202
+                async with asyncio.timeout(10):
+                    while orjson.loads(await ws.recv()).get("type") != "transfer.pending":
+                        pass
+
+
 async def test_a_websocket_frame_over_4_kib_is_refused_1009_unread(stack: Stack) -> None:
     alice = await stack.customer()
     async with connect(

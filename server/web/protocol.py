@@ -138,6 +138,9 @@ class GuardedHttp(HttpToolsProtocol):
         self._deadline: asyncio.TimerHandle | None = None
         self._refusal: bytes | None = None  # to answer once the data at hand is parsed
         self._lingering = -1  # bytes dropped since refusing; -1: not refused
+        # A WebSocket handshake was handed over: the connection waits for no request
+        # any more, so no idle or header timer may be armed on it again.
+        self._upgraded = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         already = len(self.connections)  # counted before this connection joins them
@@ -194,7 +197,8 @@ class GuardedHttp(HttpToolsProtocol):
         before = self.cycle
         super().on_headers_complete()
         if self.cycle is before:
-            return  # a WebSocket handshake: the WebSocket protocol takes over
+            self._upgraded = True  # a WebSocket handshake: its protocol takes over
+            return
         # uvicorn's cycle closes the connection itself once it has answered with
         # Connection: close; through this it lingers instead (see _Lingering).
         self.cycle.transport = _Lingering(self)  # type: ignore[assignment]
@@ -251,8 +255,10 @@ class GuardedHttp(HttpToolsProtocol):
 
     def _await_request(self) -> None:
         """Time the wait for the next request: silence is closed after the idle timeout,
-        and its head must be complete by the header deadline."""
-        if self._lingering >= 0 or self.transport.is_closing():
+        and its head must be complete by the header deadline. Not once the connection
+        became a WebSocket: its transport is the WebSocket's now (closing it there would
+        drop the socket without a close frame)."""
+        if self._upgraded or self._lingering >= 0 or self.transport.is_closing():
             return
         head = self.reserve_timeout_s if self._reserved else self.header_timeout_s
         now = self.loop.time()
