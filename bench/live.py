@@ -57,6 +57,9 @@ class Live:
     failed: int
     # (seconds into the window it was sent, ms to its pending event), in sending order.
     pending_when: list[tuple[float, float]] = dataclasses.field(default_factory=list)
+    # Accepted transfers whose completion the sender's subscriber never heard (within
+    # 30 s of the last POST): the latencies above leave them out, so any is a warning.
+    unheard: int = 0
 
 
 async def drive(
@@ -116,6 +119,7 @@ async def drive(
         since_post("transfer.completed"),
         len(failed),
         when,
+        sum((t, "transfer.completed") not in seen for t in started),
     )
 
 
@@ -197,7 +201,10 @@ async def measure(
                 args.seconds,
                 args.recipient == "ring",
             )
-            print(f"{len(live.accepted)} transfers accepted, {live.failed} failed")
+            print(
+                f"{len(live.accepted)} transfers accepted, {live.failed} failed,"
+                f" {live.unheard} never heard completed at their sender's subscriber"
+            )
             print(line(f"POST start -> 202 response ({args.rate}/s)", live.accepted))
             print(line(f"POST start -> transfer.pending at sender ({args.rate}/s)", live.pending))
             print(

@@ -197,6 +197,7 @@ async def window(
     out: dict[str, Any] = {
         "rate": rate,
         "failed": lat.failed,
+        "unheard": lat.unheard,
         "accepted": summary(lat.accepted),
         "pending": summary(lat.pending),
         "completed": summary(lat.completed),
@@ -204,6 +205,7 @@ async def window(
     log(
         f"{label}live at {rate:,.0f}/s: pending p99 {out['pending']['p99']:.1f} ms,"
         f" completed p50 {out['completed']['p50']:.1f} / p99 {out['completed']['p99']:.1f} ms"
+        + (f"; {lat.unheard} completions never heard (left out)" if lat.unheard else "")
     )
     samples = {"accepted": lat.accepted, "pending": lat.pending, "completed": lat.completed}
     return out, samples
