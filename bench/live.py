@@ -52,14 +52,21 @@ class Live:
     """Milliseconds from POST start, per accepted transfer."""
 
     accepted: list[float]
-    pending: list[float]
     completed: list[float]
     failed: int
     # (seconds into the window it was sent, ms to its pending event), in sending order.
-    pending_when: list[tuple[float, float]] = dataclasses.field(default_factory=list)
-    # Accepted transfers whose completion the sender's subscriber never heard (within
-    # 30 s of the last POST): the latencies above leave them out, so any is a warning.
-    unheard: int = 0
+    pending_when: list[tuple[float, float]]
+
+    @property
+    def pending(self) -> list[float]:
+        return [ms for _, ms in self.pending_when]
+
+    @property
+    def unheard(self) -> int:
+        """Accepted transfers whose completion the sender's subscriber never heard
+        (within 30 s of the last POST): the latencies leave them out, so any is a
+        warning."""
+        return len(self.accepted) - len(self.completed)
 
 
 async def drive(
@@ -104,23 +111,17 @@ async def drive(
         task.cancel()
     await close_all(socks)
 
-    def since_post(kind: str) -> list[float]:
-        return [(seen[(t, kind)] - t0) * 1000 for t, t0 in started.items() if (t, kind) in seen]
+    def since_post(kind: str) -> list[tuple[float, float]]:
+        """(seconds into the window, ms from POST start to ``kind``), in sending order."""
+        first = min(started.values(), default=0.0)
+        return sorted(
+            (t0 - first, (seen[(t, kind)] - t0) * 1000)
+            for t, t0 in started.items()
+            if (t, kind) in seen
+        )
 
-    first = min(started.values(), default=0.0)
-    when = sorted(
-        (t0 - first, (seen[(t, "transfer.pending")] - t0) * 1000)
-        for t, t0 in started.items()
-        if (t, "transfer.pending") in seen
-    )
-    return Live(
-        accepted,
-        since_post("transfer.pending"),
-        since_post("transfer.completed"),
-        len(failed),
-        when,
-        sum((t, "transfer.completed") not in seen for t in started),
-    )
+    completed = [ms for _, ms in since_post("transfer.completed")]
+    return Live(accepted, completed, len(failed), since_post("transfer.pending"))
 
 
 async def fan_out(stack: Stack, sender: User, subscriber: User, n: int, events: int) -> list[float]:
