@@ -68,15 +68,16 @@ class Fleet:
     def check_alive(self) -> None:
         for name, proc in self.procs.items():
             if name not in self.expected_dead and proc.poll() is not None:
-                tail = (self.logs / f"{name}.log").read_text(errors="replace")[-3000:]
+                tail = self.tail(name, 3000)
                 raise AssertionError(f"{name} exited with {proc.returncode}:\n{tail}")
+
+    def tail(self, name: str, chars: int) -> str:
+        """The end of ``name``'s log."""
+        return (self.logs / f"{name}.log").read_text(errors="replace")[-chars:]
 
     def tails(self, chars: int = 2000) -> str:
         """The end of each process's log, for a failure's message."""
-        return "\n".join(
-            f"--- {name}.log:\n" + (self.logs / f"{name}.log").read_text(errors="replace")[-chars:]
-            for name in self.procs
-        )
+        return "\n".join(f"--- {name}.log:\n{self.tail(name, chars)}" for name in self.procs)
 
     def stop_all(self) -> None:
         """SIGTERM each process; one that does not stop within 15 s fails the test."""

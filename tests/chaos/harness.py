@@ -277,6 +277,7 @@ async def healed(
                 transfers.c.status == "pending", transfers.c.memo.startswith(MEMO)
             )
         )
+        last["pending"] = pending
         if pending:
             return False
         seqs = dict(
@@ -286,10 +287,12 @@ async def healed(
         last.update(seqs)
         return all(w.seqs and w.seqs[-1] == seqs[w.holder.account] for w in watchers)
 
+    # What the last check read: the transfers still pending, and (once none was) each
+    # account's seq.
     last: dict[str, int] = {}
 
     def subscribers() -> str:
-        return "\n".join(
+        return f"{last.get('pending')} transfers pending\n" + "\n".join(
             f"subscriber of {w.holder.account}: seq {w.seqs[-1] if w.seqs else None} of"
             f" {last.get(w.holder.account)}, {len(w.ends)} sockets ended, the last"
             f" {w.ends[-3:]}"
