@@ -21,6 +21,7 @@ import msgspec
 import sqlalchemy as sa
 
 from server.domain import errors
+from server.domain.clock import now_us
 from server.domain.events import Event
 from server.domain.ledger import (
     Order,
@@ -299,6 +300,17 @@ async def accept(
     src, dst = _parties_of(order, rows)
     check_parties(order, src, dst)
     assert src is not None and dst is not None
+    # Its time is read once the parties are locked: two of one sender's requests racing
+    # on PostgreSQL then become pending in the order they commit, which is the order
+    # settlement takes them in (a time read before the lock may be the later commit's).
+    # Its expiry keeps its distance from it.
+    locked_at = max(at, now_us())
+    later = locked_at - at
+    at = locked_at
+    if expires_at is not None:
+        expires_at += later
+    if confirming is not None:
+        confirming = dataclasses.replace(confirming, expires_at=confirming.expires_at + later)
     await _guard(conn, order, at)
     if not can_spend(src, order.amount):
         raise insufficient(src.balance)
