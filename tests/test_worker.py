@@ -223,7 +223,10 @@ async def test_one_drainer_per_partition_and_no_wake_is_lost(stack: Stack) -> No
         first = await ring(0)
         assert first is not None and await ring(0) is None, "one drainer starting"
         assert await bells.claim(0, first) and not await bells.claim(0, "someone-else")
-        assert await bells.wait(0, 1.0), "both rings wait for the drainer"
+        assert not await bells.wait(0, 0.01), "the rings before the claim: its first batch's"
+        assert await ring(0) is None and await ring(0) is None
+        assert not await bells.let_go(0, first), "rung meanwhile: it drains on"
+        assert await bells.wait(0, 1.0), "both rings wake the drainer"
         assert not await bells.wait(0, 0.01), "as one: a drainer wakes once for news"
         assert await ring(0) is None
         assert not await bells.let_go(0, first), "rung meanwhile: it drains on"

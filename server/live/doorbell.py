@@ -2,7 +2,8 @@
 drainer of its partition, or starts one when there is none, without ever losing a wake.
 
 - ``{prefix}:bell:<p>``: a list holding one item while the partition has news (a ring).
-  A drainer waits on it with BLPOP, so a ring wakes it at once.
+  A drainer waits on it with BLPOP, so a ring wakes it at once; claiming the lease
+  clears it (the new drainer's first batch answers the rings that came before).
 - ``{prefix}:lease:<p>``: who drains the partition: ``starting:<token>`` from the moment
   a drainer job is queued until it runs, then ``<token>``; it expires unless renewed, so
   a drainer killed with its worker loses it within seconds.
@@ -37,11 +38,15 @@ if redis.call('exists', KEYS[2]) == 1 then return false end
 redis.call('set', KEYS[2], 'starting:' .. ARGV[1], 'PX', ARGV[2])
 return ARGV[1]
 """
-# KEYS: lease. ARGV: token, LEASE_MS. 1 if this drainer now holds the lease.
+# KEYS: bell, lease. ARGV: token, LEASE_MS. 1 if this drainer now holds the lease. The
+# rings that came before are answered by its first batch (it starts right after, and sees
+# every commit they followed): cleared, so that they neither wake it for nothing nor, if
+# its worker stops before its first wait, look like news it must hand over.
 _CLAIM = """
-local held = redis.call('get', KEYS[1])
+local held = redis.call('get', KEYS[2])
 if held == 'starting:' .. ARGV[1] or held == false then
-  redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  redis.call('set', KEYS[2], ARGV[1], 'PX', ARGV[2])
+  redis.call('del', KEYS[1])
   return 1
 end
 return 0
@@ -109,7 +114,8 @@ class Doorbells:
         return _RING
 
     async def claim(self, partition: int, token: str) -> bool:
-        found = await self._claim(keys=[self.lease(partition)], args=[token, LEASE_MS])
+        keys = [self.bell(partition), self.lease(partition)]
+        found = await self._claim(keys=keys, args=[token, LEASE_MS])
         return bool(found)
 
     async def renew(self, partition: int, token: str) -> bool:
