@@ -1,4 +1,4 @@
-"""Calls that share a round trip (server/live/batching.py): what arrives while one batch is in
+"""Calls that share a round trip (server/batching.py): what arrives while one batch is in
 flight goes in the next, each caller gets its own result, and a failure reaches all."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from server.live.batching import Batched
+from server.batching import Batched
 
 
 async def test_callers_waiting_together_share_one_run_and_get_their_own_results() -> None:
@@ -27,6 +27,25 @@ async def test_callers_waiting_together_share_one_run_and_get_their_own_results(
     gate.set()
     assert await asyncio.gather(first, *rest) == [2, 4, 6, 8]
     assert runs == [[1], [2, 3, 4]]
+
+
+async def test_a_limited_batch_leaves_the_rest_to_the_next_run() -> None:
+    runs: list[list[int]] = []
+    gate = asyncio.Event()
+
+    async def double(items: list[int]) -> list[int]:
+        runs.append(items)
+        await gate.wait()
+        return [2 * i for i in items]
+
+    batched = Batched(double, limit=2)
+    first = asyncio.create_task(batched(1))
+    await asyncio.sleep(0)
+    rest = [asyncio.create_task(batched(i)) for i in (2, 3, 4, 5, 6)]
+    await asyncio.sleep(0)
+    gate.set()
+    assert await asyncio.gather(first, *rest) == [2, 4, 6, 8, 10, 12]
+    assert runs == [[1], [2, 3], [4, 5], [6]]
 
 
 async def test_a_failed_run_fails_every_caller_in_it() -> None:

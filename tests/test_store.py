@@ -25,7 +25,7 @@ sqlite_only = pytest.mark.usefixtures("sqlite_store")
 @pytest.fixture
 def sqlite_store(store: Store) -> None:
     if not store.is_sqlite:
-        pytest.skip("group commit is how SQLite writes; PostgreSQL has a pool")
+        pytest.skip("SQLite's writer (PostgreSQL's group commit: tests/test_group_commit.py)")
 
 
 def user(name: str) -> dict[str, Any]:

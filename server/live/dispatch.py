@@ -16,9 +16,9 @@ from collections.abc import Iterable, Sequence
 from arq.connections import ArqRedis
 from redis.exceptions import NoScriptError, RedisError
 
+from server.batching import Batched
 from server.domain.events import Event
 from server.live import webhook_queue
-from server.live.batching import Batched
 from server.live.doorbell import Doorbells, new_token
 from server.settings import Settings
 
@@ -105,7 +105,7 @@ class Dispatcher:
         await self._handed.close()
 
     async def _send_batch(self, batch: list[tuple[Sequence[Event], list[int]]]) -> list[None]:
-        """What concurrent commits handed over, in one round trip (``server.live.batching``)."""
+        """What concurrent commits handed over, in one round trip (``server.batching``)."""
         events = [e for item in batch for e in item[0]]
         partitions = sorted({p for item in batch for p in item[1]})
         await self._send(partitions, events)

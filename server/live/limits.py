@@ -8,7 +8,7 @@ one-second window (INCR and EXPIRE): a client may get up to twice the rate acros
 window boundary, which is fine for a brake on runaway scripts.
 
 Checks that arrive while one round trip is in flight share the next one
-(``server.live.batching``): under load a web process makes one Redis round trip for a whole
+(``server.batching``): under load a web process makes one Redis round trip for a whole
 batch of transfers, not one each.
 
 When Redis is unreachable the limit is not applied (and a warning is logged): refusing
@@ -23,8 +23,8 @@ import time
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from server.batching import Batched
 from server.domain import errors
-from server.live.batching import Batched
 from server.settings import Settings
 
 log = logging.getLogger("settle.limits")

@@ -92,9 +92,13 @@ class Store(Protocol):
     async def connect(self) -> None: ...
     async def disconnect(self) -> None: ...
 
-    async def transaction(self, body: Body[T]) -> T:
+    async def transaction(self, body: Body[T], accounts: Sequence[str] | None = None) -> T:
         """Run ``body`` in a write transaction: its result once durably committed, or
-        its exception with everything it wrote rolled back."""
+        its exception with everything it wrote rolled back.
+
+        ``accounts``: the rows of ``accounts`` the body locks, when it locks no other
+        rows. Such bodies may commit together with others (group commit; SQLite's
+        writes always do)."""
         ...
 
     async def read(self, body: Body[T]) -> T:

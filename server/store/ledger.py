@@ -262,6 +262,12 @@ def _parties_of(order: Order, rows: Sequence[Row]) -> tuple[Account | None, Acco
     )
 
 
+def locked_by(order: Order) -> tuple[str, str]:
+    """The accounts ``accept`` locks (and no other row): its transaction may commit
+    together with others (``Store.transaction``)."""
+    return findable(order.from_account), findable(order.to_account)
+
+
 async def accept(
     conn: Conn,
     order: Order,

@@ -10,6 +10,16 @@ not on building and compiling SQL each time (``databases`` itself compiles every
 Under READ COMMITTED, correctness comes from atomic conditional updates, row locks taken
 in a fixed order (the ledger), ``FOR NO KEY UPDATE SKIP LOCKED`` for settlement batches and a
 transaction-scoped advisory lock for "settling now".
+
+Group commit: transactions that say which accounts they lock (acceptances) and arrive
+while one group is committing go together in the next, in one transaction:
+
+    BEGIN; lock every account of the group, in id order; body 1; body 2; ...; COMMIT
+
+so an account many pay at once is locked, and waits for a commit's WAL flush, once per
+group rather than once per transfer. A body that fails before writing fails alone; one
+that fails after writing (or whose statement failed) rolls the group back, and each of
+its bodies then runs in a transaction of its own.
 """
 
 from __future__ import annotations
@@ -18,7 +28,7 @@ import asyncio
 import contextlib
 import logging
 import weakref
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import asyncpg
@@ -28,7 +38,8 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 from sqlalchemy.sql import visitors
 
-from server.store.base import Body, Query, Row, Values, Write
+from server.batching import Batched
+from server.store.base import Body, Query, Row, Values, Write, unavailable
 
 T = TypeVar("T")
 
@@ -36,6 +47,11 @@ log = logging.getLogger("settle.store")
 
 CLOSE_WAIT_S = 5.0
 POOL_MIN, POOL_MAX = 2, 20
+# Transactions committed together at most: bounds how long a group holds its locks.
+MAX_GROUP = 64
+# A group's accounts, locked up front in id order (the order every transaction locks
+# accounts in), at the strength the ledger's own reads lock them with.
+_LOCK_ACCOUNTS = "SELECT id FROM accounts WHERE id = ANY($1::text[]) ORDER BY id FOR NO KEY UPDATE"
 
 _ASYNCPG = PGDialect_asyncpg()  # type: ignore[no-untyped-call]
 # (id(statement), value names) -> (statement, SQL, positional names, defaults). Only
@@ -239,6 +255,69 @@ class PgConn:
         )
 
 
+def _reads(query: Query) -> bool:
+    if isinstance(query, str):
+        return query.lstrip()[:6].upper() == "SELECT"
+    return isinstance(query, sa.Select)
+
+
+class _InGroup(PgConn):
+    """``PgConn`` for one body of a group: notes whether it wrote (any statement but a
+    SELECT) or had a statement fail. A body that raises after either cannot fail on its
+    own: its writes, or the aborted transaction, are the group's."""
+
+    touched = False
+
+    @contextlib.contextmanager
+    def _statement(self, query: Query | None = None) -> Iterator[None]:
+        if query is None or not _reads(query):
+            self.touched = True
+        try:
+            yield
+        except BaseException:
+            self.touched = True
+            raise
+
+    async def fetch_all(self, query: Query, values: Values = None) -> list[Row]:
+        with self._statement(query):
+            return await super().fetch_all(query, values)
+
+    async def fetch_one(self, query: Query, values: Values = None) -> Row | None:
+        with self._statement(query):
+            return await super().fetch_one(query, values)
+
+    async def fetch_val(self, query: Query, values: Values = None) -> Any:
+        with self._statement(query):
+            return await super().fetch_val(query, values)
+
+    async def execute(self, query: Query, values: Values = None) -> None:
+        with self._statement():
+            await super().execute(query, values)
+
+    async def execute_many(self, query: Query, values: Sequence[Mapping[str, Any]]) -> None:
+        with self._statement():
+            await super().execute_many(query, values)
+
+    async def insert_new(self, table: sa.Table, values: Mapping[str, Any]) -> bool:
+        with self._statement():
+            return await super().insert_new(table, values)
+
+    async def write_all(
+        self, writes: Sequence[Write], new: tuple[sa.Table, Mapping[str, Any]] | None = None
+    ) -> bool:
+        with self._statement():
+            return await super().write_all(writes, new)
+
+
+class _Alone(Exception):
+    """A body of a group failed after writing: each body runs on its own instead."""
+
+
+# A body's result, or its exception.
+_Outcome = tuple[bool, Any]
+_Grouped = tuple[Body[Any], tuple[str, ...]]
+
+
 async def _keep_session(raw: asyncpg.Connection) -> None:
     """What a connection going back to the pool needs beyond asyncpg's own clean-up
     (which ends any open transaction): nothing. asyncpg's default also sends a reset
@@ -256,6 +335,7 @@ class PostgresStore:
         self.db = Database(url, min_size=POOL_MIN, max_size=POOL_MAX, reset=_keep_session)
         # The connections out of the pool now: ended by force if closing hangs.
         self._lent: set[asyncpg.Connection] = set()
+        self._group = Batched(self._commit_group, limit=MAX_GROUP)
 
     @property
     def is_sqlite(self) -> bool:
@@ -265,6 +345,7 @@ class PostgresStore:
         await self.db.connect()
 
     async def disconnect(self) -> None:
+        await self._group.close()
         closing = asyncio.ensure_future(self.db.disconnect())
         done, _ = await asyncio.wait([closing], timeout=CLOSE_WAIT_S)
         if done:
@@ -296,9 +377,56 @@ class PostgresStore:
             finally:
                 self._lent.discard(raw)
 
-    async def transaction(self, body: Body[T]) -> T:
+    async def transaction(self, body: Body[T], accounts: Sequence[str] | None = None) -> T:
+        if accounts is None:
+            return await self._alone(body)
+        ok, value = await self._group((body, tuple(accounts)))
+        if not ok:
+            raise value
+        return value  # type: ignore[no-any-return]
+
+    async def _alone(self, body: Body[T]) -> T:
         async with self._connection() as raw, raw.transaction():
             return await body(PgConn(raw))
+
+    async def _commit_group(self, group: list[_Grouped]) -> list[_Outcome]:
+        """The bodies waiting together, committed in one transaction (see the module's
+        docstring); each one's result or exception, in order."""
+        if len(group) > 1:
+            try:
+                return await self._together(group)
+            except _Alone:
+                pass
+            except asyncpg.PostgresError as exc:
+                if unavailable(exc):
+                    raise
+                # A deadlock, a statement cancelled: the group is rolled back.
+                log.warning(
+                    "a group of %d transactions failed, each runs alone: %r", len(group), exc
+                )
+        outcomes: list[_Outcome] = []
+        for body, _ in group:
+            try:
+                outcomes.append((True, await self._alone(body)))
+            except Exception as exc:
+                outcomes.append((False, exc))
+        return outcomes
+
+    async def _together(self, group: list[_Grouped]) -> list[_Outcome]:
+        outcomes: list[_Outcome] = []
+        async with self._connection() as raw, raw.transaction():
+            await raw.execute(
+                _LOCK_ACCOUNTS, sorted({a for _, accounts in group for a in accounts})
+            )
+            for body, _ in group:
+                conn = _InGroup(raw)
+                try:
+                    outcomes.append((True, await body(conn)))
+                except Exception as exc:
+                    if conn.touched:
+                        raise _Alone from exc
+                    outcomes.append((False, exc))
+        return outcomes
 
     async def read(self, body: Body[T]) -> T:
         async with (

@@ -390,7 +390,7 @@ class SqliteStore:
         self._all, self._writer = [], None
         self._readers = asyncio.Queue()
 
-    async def transaction(self, body: Body[T]) -> T:
+    async def transaction(self, body: Body[T], accounts: Sequence[str] | None = None) -> T:
         if self._closing or self._loop_task is None:
             raise sqlite3.OperationalError("the store is closed")
         done: asyncio.Future[T] = asyncio.get_running_loop().create_future()

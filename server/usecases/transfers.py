@@ -46,7 +46,8 @@ async def send(ctx: Context, order: Order) -> ledger.Accepted:
         )
     try:
         accepted = await ctx.store.transaction(
-            lambda conn: ledger.accept(conn, order, transfer_id, at, expires_at, confirming)
+            lambda conn: ledger.accept(conn, order, transfer_id, at, expires_at, confirming),
+            accounts=ledger.locked_by(order),
         )
     except ledger.KeyTaken:
         # An identical request won the race for the key: answer what it answered.

@@ -1,6 +1,7 @@
 """Calls that share a round trip: what arrives while one batch is in flight goes
 together in the next (as the SQLite store's transactions do, ``server.store.sqlite``).
-Under load, a web process then pays one Redis round trip for many transfers."""
+Under load, a web process then pays one Redis round trip, or one PostgreSQL commit
+(``server.store.postgres``), for many transfers."""
 
 from __future__ import annotations
 
@@ -14,11 +15,14 @@ R = TypeVar("R")
 
 class Batched(Generic[T, R]):
     """``await batched(item)``: ``run`` is called with every item waiting at the time
-    and returns one result for each, in order. An exception of ``run`` is every
-    waiting caller's."""
+    (at most ``limit`` of them; the rest go in the next call) and returns one result
+    for each, in order. An exception of ``run`` is every waiting caller's."""
 
-    def __init__(self, run: Callable[[list[T]], Awaitable[list[R]]]) -> None:
+    def __init__(
+        self, run: Callable[[list[T]], Awaitable[list[R]]], limit: int | None = None
+    ) -> None:
         self._run = run
+        self._limit = limit
         self._waiting: list[tuple[T, asyncio.Future[R]]] = []
         self._sender: asyncio.Task[None] | None = None
 
@@ -36,7 +40,8 @@ class Batched(Generic[T, R]):
 
     async def _run_waiting(self) -> None:
         while self._waiting:
-            batch, self._waiting = self._waiting, []
+            cut = len(self._waiting) if self._limit is None else self._limit
+            batch, self._waiting = self._waiting[:cut], self._waiting[cut:]
             try:
                 results = await self._run([item for item, _ in batch])
             except BaseException as exc:
