@@ -10,7 +10,16 @@ import pytest
 from server.batching import Batched
 
 
-async def test_callers_waiting_together_share_one_run_and_get_their_own_results() -> None:
+@pytest.mark.parametrize(
+    ("limit", "runs_expected"),
+    [(None, [[1], [2, 3, 4, 5, 6]]), (2, [[1], [2, 3], [4, 5], [6]])],
+    ids=["all that wait", "at most the limit"],
+)
+async def test_callers_waiting_together_share_one_run_and_get_their_own_results(
+    limit: int | None, runs_expected: list[list[int]]
+) -> None:
+    """What waits while a run is in flight goes in the next run (at most ``limit``
+    items each; the rest in the runs after it), and each caller gets its own result."""
     runs: list[list[int]] = []
     gate = asyncio.Event()
 
@@ -19,33 +28,14 @@ async def test_callers_waiting_together_share_one_run_and_get_their_own_results(
         await gate.wait()
         return [2 * i for i in items]
 
-    batched = Batched(double)
+    batched = Batched(double, limit=limit)
     first = asyncio.create_task(batched(1))
     await asyncio.sleep(0)  # the first run is in flight
-    rest = [asyncio.create_task(batched(i)) for i in (2, 3, 4)]
-    await asyncio.sleep(0)
-    gate.set()
-    assert await asyncio.gather(first, *rest) == [2, 4, 6, 8]
-    assert runs == [[1], [2, 3, 4]]
-
-
-async def test_a_limited_batch_leaves_the_rest_to_the_next_run() -> None:
-    runs: list[list[int]] = []
-    gate = asyncio.Event()
-
-    async def double(items: list[int]) -> list[int]:
-        runs.append(items)
-        await gate.wait()
-        return [2 * i for i in items]
-
-    batched = Batched(double, limit=2)
-    first = asyncio.create_task(batched(1))
-    await asyncio.sleep(0)
     rest = [asyncio.create_task(batched(i)) for i in (2, 3, 4, 5, 6)]
     await asyncio.sleep(0)
     gate.set()
     assert await asyncio.gather(first, *rest) == [2, 4, 6, 8, 10, 12]
-    assert runs == [[1], [2, 3], [4, 5], [6]]
+    assert runs == runs_expected
 
 
 async def test_a_failed_run_fails_every_caller_in_it() -> None:
