@@ -8,6 +8,13 @@ have a whole open-file limit: it raises its soft limit to what it needs. It neve
 a byte. Times are taken when a connection is established (the kernel completes the
 handshake before the server accepts it, so a socket's age includes any wait in the
 server's accept queue).
+
+A connection this side holds open at the end is counted as the server's only if the
+server's side of it exists (``/proc/net/tcp``). One whose handshake's last ACK the kernel
+dropped because the server's accept queue was full (``ListenDrops`` in
+``/proc/net/netstat``; with SYN cookies the server keeps no trace of it at all) looks
+established here but never reached the server, which cannot close what it never had:
+those are reported apart, as half-open.
 """
 
 from __future__ import annotations
@@ -102,11 +109,16 @@ class Flood:
                 held.append(self.open)
                 next_sample += 1
         now = time.monotonic()
-        still = [
-            now - key.data[1]
-            for key in self.selector.get_map().values()
-            if key.data[0] != "connecting"
-        ]
+        servers = server_side_ports(self.address[1])
+        still: list[float] = []
+        half_open: list[float] = []
+        for key in self.selector.get_map().values():
+            if key.data[0] == "connecting":
+                continue
+            sock = key.fileobj
+            assert isinstance(sock, socket.socket)
+            known = sock.getsockname()[1] in servers
+            (still if known else half_open).append(now - key.data[1])
         for key in list(self.selector.get_map().values()):
             self.selector.unregister(key.fileobj)
             key.fileobj.close()  # type: ignore[union-attr]
@@ -122,10 +134,26 @@ class Flood:
             "max_age_closed_s": round(max(self.ages, default=0.0), 3),
             "median_age_closed_s": round(statistics.median(self.ages), 3) if self.ages else None,
             "max_age_open_at_end_s": round(max(still, default=0.0), 3),
+            "half_open_at_end": len(half_open),
+            "max_age_half_open_at_end_s": round(max(half_open, default=0.0), 3),
             "held_max": max(held, default=0),
             "held_min_after_10_s": min(steady, default=0),
             "held_mean_after_10_s": round(statistics.mean(steady), 1) if steady else 0,
         }
+
+
+def server_side_ports(port: int) -> set[int]:
+    """The client ports of the loopback connections whose server side (local ``port``)
+    the kernel has: accepted, or waiting in the accept queue (not listening, not a
+    half-done handshake)."""
+    listen, syn_recv = "0A", "03"
+    found: set[int] = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, state = fields[1], fields[2], fields[3]
+        if int(local.split(":")[1], 16) == port and state not in (listen, syn_recv):
+            found.add(int(remote.split(":")[1], 16))
+    return found
 
 
 def main() -> None:

@@ -85,8 +85,12 @@ async def test_ten_thousand_silent_sockets_leave_healthz_answering(
     assert figures["healthz_not_200"] == [], figures
     assert len(answers) >= SECONDS, figures
     # The flood did fill the cap (10,000 held at once), and every socket, closed or
-    # still open at the end, lived at most MAX_AGE_S.
+    # still open at the end, lived at most MAX_AGE_S. Not counted: the few the kernel
+    # never handed the server (its accept queue was full as their handshake ended:
+    # established on the client's side only, see tests/idle_clients.py); seen once in
+    # CI, one of 116,139 connections, open 58.7 s.
     assert figures["held_max"] >= SOCKETS * 0.99, figures
     assert figures["closed_by_server"] >= SOCKETS, figures
     assert figures["max_age_closed_s"] <= MAX_AGE_S, figures
     assert figures["max_age_open_at_end_s"] <= MAX_AGE_S, figures
+    assert figures["half_open_at_end"] <= SOCKETS // 100, figures
