@@ -137,3 +137,49 @@ async def test_a_group_whose_statement_fails_runs_each_body_alone(store: Store) 
     assert [isinstance(r, ledger.Accepted) for r in results] == [True, True, False, True]
     assert "division by zero" in str(results[2])
     assert await balance_of(store, alice_acct) == (300, 0)
+
+
+async def test_a_group_chosen_to_break_a_deadlock_runs_each_body_alone(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another transaction holds the group's last account and then wants its first: a
+    deadlock, which PostgreSQL breaks by failing the one that waited first, the group.
+    Its bodies then run alone, once the other transaction ends: nothing is lost."""
+    if store.is_sqlite:
+        pytest.skip("PostgreSQL's row locks (SQLite's writer holds the file's lock)")
+    import asyncpg
+
+    (alice, alice_acct), (bob, bob_acct), (_, sink) = await people(store, 3, 500)
+    outside = await asyncpg.connect(store.url)
+    lock = "SELECT id FROM accounts WHERE id = $1 FOR NO KEY UPDATE"
+    try:
+        order = await outside.fetch(
+            "SELECT id FROM accounts WHERE id = ANY($1::text[]) ORDER BY id",
+            [alice_acct, bob_acct, sink],
+        )
+        first, last = order[0]["id"], order[-1]["id"]
+        # The transaction that finds a deadlock is the one failed: the group's finds it
+        # after PostgreSQL's default second, this one would after a minute.
+        await outside.execute("SET deadlock_timeout = '60s'")
+        other = outside.transaction()
+        await other.start()
+        await outside.execute(lock, last)
+        group = asyncio.gather(
+            send(store, Order(alice, alice_acct, sink, 100)),
+            send(store, Order(bob, bob_acct, sink, 200)),
+        )
+        waiting = "SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype = 'transactionid'"
+        # The group locks up to ``last``, then waits; PostgreSQL tells nobody of a lock
+        # wait, so its lock table is looked at until the wait shows.
+        async with asyncio.timeout(30):
+            while not await outside.fetchval(waiting):  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        with caplog.at_level("WARNING", logger="settle.store"):
+            await outside.execute(lock, first)  # the deadlock: the group is failed
+            await other.rollback()
+            accepted = await group
+    finally:
+        await outside.close()
+    assert all(isinstance(a, ledger.Accepted) for a in accepted)
+    assert "each runs alone" in caplog.text
+    assert await balance_of(store, sink) == (0, 300)
