@@ -13,6 +13,11 @@ from pathlib import Path
 # Accounts are spread over this many settlement slots (``transfers.slot``); the
 # partitions are the slots modulo SETTLE_PARTITIONS, so partitions can be at most this.
 SLOTS = 1024
+# SETTLE_PARTITIONS' default on SQLite. Its one write lock lets one transaction at a time
+# settle whatever the partitions, so more only cut each commit into one transaction body
+# per partition, every one paying its own reads and writes under that lock, which every
+# acceptance waits for (bench/README.md, "One partition on SQLite"). PostgreSQL: 8.
+SQLITE_PARTITIONS = 1
 # Every settle process logs one line per record in this format (``settle.*`` loggers).
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
@@ -50,7 +55,8 @@ class Settings:
     settle_batch_size: int = 500
     # Settlement partitions: a transfer settles in the partition of its sender's account,
     # each partition drained by one drainer at a time, partitions side by side. The same
-    # value in every process of a deployment.
+    # value in every process of a deployment. From the environment, SQLite's default is
+    # SQLITE_PARTITIONS (see there).
     settle_partitions: int = 8
     # A drainer hands its partition to a fresh one (a new arq job) after this long.
     drain_lifetime_s: int = 300
@@ -132,8 +138,10 @@ class Settings:
             if mode == "production":
                 raise ConfigError("SECRET_KEY must be set when SETTLE_ENV=production")
             secret = _stored_secret(var_dir)
+        database_url = env.get("DATABASE_URL") or f"sqlite:///{var_dir / 'settle.db'}"
+        partitions = SQLITE_PARTITIONS if database_url.startswith("sqlite") else 8
         return cls(
-            database_url=env.get("DATABASE_URL") or f"sqlite:///{var_dir / 'settle.db'}",
+            database_url=database_url,
             redis_url=env.get("REDIS_URL") or None,
             secret_key=secret,
             var_dir=var_dir,
@@ -149,7 +157,7 @@ class Settings:
             job_timeout_s=_int(env, "SETTLE_JOB_TIMEOUT_S", 10),
             worker_poll_ms=max(_int(env, "SETTLE_WORKER_POLL_MS", 100), 1),
             settle_batch_size=max(_int(env, "SETTLE_BATCH_SIZE", 500), 1),
-            settle_partitions=min(max(_int(env, "SETTLE_PARTITIONS", 8), 1), SLOTS),
+            settle_partitions=min(max(_int(env, "SETTLE_PARTITIONS", partitions), 1), SLOTS),
             drain_lifetime_s=max(_int(env, "SETTLE_DRAIN_LIFETIME_S", 300), 1),
             redis_prefix=env.get("SETTLE_REDIS_PREFIX", "settle"),
             replay_cap=_int(env, "SETTLE_REPLAY_CAP", 1000),

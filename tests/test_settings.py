@@ -96,3 +96,25 @@ def test_passkeys_relying_party_and_origin_come_from_the_public_url(tmp_path: Pa
     assert (s.rp_id, s.origin) == ("pay.example.com", "https://pay.example.com")
     with pytest.raises(ConfigError, match="SETTLE_PUBLIC_URL"):
         Settings.from_env({"SETTLE_VAR_DIR": str(tmp_path), "SETTLE_PUBLIC_URL": "localhost"})
+
+
+@pytest.mark.parametrize(
+    ("database", "raw", "expected"),
+    [
+        (None, None, 1),  # SQLite: one write lock, so one partition
+        ("postgresql://db/settle", None, 8),
+        (None, "4", 4),
+        ("postgresql://db/settle", "16", 16),
+        (None, "0", 1),
+        ("postgresql://db/settle", "5000", 1024),
+    ],
+)
+def test_settlement_partitions_default_to_what_the_database_can_settle_side_by_side(
+    tmp_path: Path, database: str | None, raw: str | None, expected: int
+) -> None:
+    env = {"SETTLE_VAR_DIR": str(tmp_path)}
+    if database is not None:
+        env["DATABASE_URL"] = database
+    if raw is not None:
+        env["SETTLE_PARTITIONS"] = raw
+    assert Settings.from_env(env).settle_partitions == expected
