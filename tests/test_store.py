@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import sys
 from typing import Any
 
 import asyncpg
@@ -17,7 +18,7 @@ import sqlalchemy as sa
 
 from server.store import BodyAwaited, Conn, Store
 from server.store.schema import now_us, users
-from server.store.sqlite import SqliteStore
+from server.store.sqlite import GIL_SWITCH_S, SqliteStore
 
 sqlite_only = pytest.mark.usefixtures("sqlite_store")
 
@@ -308,3 +309,20 @@ async def test_a_connection_goes_back_to_the_pool_without_a_reset_round_trip(
     assert "SELECT 1 AS settle_probe" in [r["query"] for r in last]
     assert {r["state"] for r in last} == {"idle"}  # none left inside a transaction
     assert await names(store) == set()
+
+
+@sqlite_only
+async def test_the_writer_waits_for_the_gil_a_short_switch_at_most(store: Store) -> None:
+    """The writer thread holds the file's write lock for every process while its
+    statements wait for the GIL: the process switches threads every GIL_SWITCH_S at
+    most, not Python's 5 ms, and a shorter interval set by the host is kept."""
+    assert sys.getswitchinterval() <= GIL_SWITCH_S
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(GIL_SWITCH_S / 5)
+    try:
+        other = SqliteStore(store.url, readers=1)
+        await other.connect()
+        assert sys.getswitchinterval() == pytest.approx(GIL_SWITCH_S / 5)
+        await other.disconnect()
+    finally:
+        sys.setswitchinterval(before)

@@ -28,6 +28,7 @@ import itertools
 import logging
 import queue
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -54,6 +55,12 @@ MAX_BATCH = 256
 # Reader connections (threads): long reads (a statement, an audit) on some leave others
 # free for the short ones every request makes.
 READERS = 4
+# The process's GIL switch interval, at most (Python's default: 5 ms). The writer
+# thread holds the file's write lock, which every process's writes wait for, from BEGIN
+# to COMMIT; each statement lets go of the GIL, and a busy event loop then keeps it for
+# up to the switch interval before the writer's next statement may run. A shorter one
+# shortens the lock's hold (bench/README.md, "The window on SQLite, before and after").
+GIL_SWITCH_S = 0.0005
 
 _DIALECT = sqlite_dialect.dialect(paramstyle="named")
 # (id(statement), value names) -> (statement, SQL, default parameters). Only statements
@@ -368,6 +375,8 @@ class SqliteStore:
         return True
 
     async def connect(self) -> None:
+        if sys.getswitchinterval() > GIL_SWITCH_S:
+            sys.setswitchinterval(GIL_SWITCH_S)
         self._writer = await _Thread.open(self.path, writer=True)
         self._all = [self._writer]
         for _ in range(self._reader_count):
