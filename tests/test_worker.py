@@ -89,6 +89,28 @@ async def test_group_commit_settles_a_queue_in_acceptance_order(stack: Stack) ->
     await stack.settle_all()
 
 
+async def test_a_batch_locks_its_accounts_a_chunk_at_a_time_and_settles_them_all(
+    stack: Stack, monkeypatch: Any
+) -> None:
+    """More accounts than one locking statement takes (``LOCK_CHUNK``, made 4 here):
+    eleven accounts are locked in chunks of 4, 4 and 3 (asked as 4, the last id
+    repeated), and the batch settles every transfer with each balance right."""
+    monkeypatch.setattr(settlement, "LOCK_CHUNK", 4)
+    senders = [await stack.customer("5.00") for _ in range(5)]
+    recipients = [await stack.customer("0") for _ in range(6)]
+    pairs = [*zip(senders, recipients, strict=False), (senders[0], recipients[5])]
+    for sender, recipient in pairs:
+        await stack.transfer(sender, recipient.account, "1.25")
+    done = await stack.store.transaction(
+        lambda conn: settlement.settle(conn, 0, 1, 100, 2**62, now_us())
+    )
+    assert len(done.events) == 12, "a completion for each party of each of six transfers"
+    expected = [(senders[0], "2.50")] + [(s, "3.75") for s in senders[1:]]
+    expected += [(r, "1.25") for r in recipients]
+    for who, posted in expected:
+        assert (await stack.account(who))["balance"]["posted"] == posted
+
+
 async def test_worker_killed_mid_settlement_posts_nothing_then_settles_once(
     stack: Stack,
 ) -> None:

@@ -17,6 +17,7 @@ costs a handful of round trips however many transfers it holds.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -27,7 +28,7 @@ from server.domain.clock import now_us
 from server.domain.events import Event
 from server.domain.model import FailureReason, LedgerAccount, Status, Transfer
 from server.domain.settlement import Plan
-from server.store import Conn
+from server.store import Conn, Row
 from server.store.ledger import BALANCE_COLUMNS, INSERT_ENTRY, INSERT_EVENT
 from server.store.schema import accounts, transfers
 
@@ -132,17 +133,33 @@ async def expire(conn: Conn, partition: int, partitions: int, at: int, limit: in
     return plan.events
 
 
+# Accounts locked by one statement at most: a batch touching more locks them a chunk
+# at a time, still in id order.
+LOCK_CHUNK = 1024
+
+
+@functools.cache
+def _balances_of(size: int) -> sa.Select[Any]:
+    """The balances of ``size`` accounts (parameters ``a0``, ``a1``, ...), in id order.
+    One statement per size, and only powers of two are asked for: each is compiled once
+    per process (and prepared once per PostgreSQL connection), not once per batch."""
+    ids: list[sa.BindParameter[str]] = [sa.bindparam(f"a{i}") for i in range(size)]
+    return sa.select(*BALANCE_COLUMNS).where(accounts.c.id.in_(ids)).order_by(accounts.c.id)
+
+
 async def locked_plan(conn: Conn, batch: list[Transfer], at: int) -> Plan:
     """A plan for ``batch``, with every account it touches locked, in id order. Its time
     is read once they are locked (``at`` at the earliest): an entry appended after
     waiting for another transaction's locks is never dated before that one's, so each
     account's chain is in time order too (statements and balances at a time rely on it)."""
     touched = sorted({t.from_account for t in batch} | {t.to_account for t in batch})
-    locked = await conn.fetch_all(
-        conn.locking(
-            sa.select(*BALANCE_COLUMNS).where(accounts.c.id.in_(touched)).order_by(accounts.c.id)
-        )
-    )
+    locked: list[Row] = []
+    for start in range(0, len(touched), LOCK_CHUNK):
+        chunk = touched[start : start + LOCK_CHUNK]
+        # Up to the next power of two, the last id repeated (an IN list may repeat).
+        size = 1 << (len(chunk) - 1).bit_length()
+        ids = {f"a{i}": chunk[min(i, len(chunk) - 1)] for i in range(size)}
+        locked += await conn.fetch_all(conn.locking(_balances_of(size)), ids)
     return Plan({r["id"]: LedgerAccount.of(r) for r in locked}, max(at, now_us()))
 
 
