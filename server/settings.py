@@ -16,7 +16,8 @@ SLOTS = 1024
 # SETTLE_PARTITIONS' default on SQLite. Its one write lock lets one transaction at a time
 # settle whatever the partitions, so more only cut each commit into one transaction body
 # per partition, every one paying its own reads and writes under that lock, which every
-# acceptance waits for (bench/README.md, "One partition on SQLite"). PostgreSQL: 8.
+# acceptance waits for (bench/README.md,
+# "The window on SQLite, before and after"). PostgreSQL: 8.
 SQLITE_PARTITIONS = 1
 # Every settle process logs one line per record in this format (``settle.*`` loggers).
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
