@@ -140,7 +140,8 @@ class Settings:
                 raise ConfigError("SECRET_KEY must be set when SETTLE_ENV=production")
             secret = _stored_secret(var_dir)
         database_url = env.get("DATABASE_URL") or f"sqlite:///{var_dir / 'settle.db'}"
-        partitions = SQLITE_PARTITIONS if database_url.startswith("sqlite") else 8
+        sqlite = database_url.startswith("sqlite")
+        partitions = SQLITE_PARTITIONS if sqlite else cls.settle_partitions
         return cls(
             database_url=database_url,
             redis_url=env.get("REDIS_URL") or None,

@@ -330,6 +330,8 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
         "SETTLE_SWEEP_INTERVAL_S": str(settings.sweep_interval_s),
         "SETTLE_JOB_TIMEOUT_S": str(settings.job_timeout_s),
         "SETTLE_DELAY_MS": str(settings.settle_delay_ms),
+        # One value in every process of a deployment (the default differs by database).
+        "SETTLE_PARTITIONS": str(settings.settle_partitions),
     }
     env.update(extra)
     return env
