@@ -15,9 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from websockets.asyncio.client import connect
 
+from server.cli import DEMO_PASSWORD
 from server.settings import Settings
 from tests.conftest import Stack, account_events, execute, free_port, settings_env
+from tests.test_live import recv, ws_url
 
 
 def settle(settings: Settings, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -136,12 +139,13 @@ async def _gone(pid: int, within: float = 15) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def settle_run(settings: Settings, var: Path) -> AsyncIterator[tuple[Any, int]]:
-    """``settle run`` with its bundled Redis (no REDIS_URL) under ``var``: the process and
-    the pid of the redis-server it started."""
+async def settle_run(settings: Settings, var: Path) -> AsyncIterator[tuple[Any, int, str]]:
+    """``settle run`` with its bundled Redis (no REDIS_URL) under ``var``, and its own
+    default SETTLE_PARTITIONS (one process: its web and worker agree): the process, the
+    pid of the redis-server it started, and its URL."""
     port = free_port()
     env = settings_env(settings, SETTLE_VAR_DIR=str(var), PORT=str(port), HOST="127.0.0.1")
-    del env["REDIS_URL"]
+    del env["REDIS_URL"], env["SETTLE_PARTITIONS"]
     with (var / "run.log").open("ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "server.cli", "run"],
@@ -160,7 +164,7 @@ async def settle_run(settings: Settings, var: Path) -> AsyncIterator[tuple[Any, 
                         break
                 assert time.monotonic() < deadline, "settle run did not start"
                 await asyncio.sleep(0.05)
-        yield proc, int((var / "redis.pid").read_text())
+        yield proc, int((var / "redis.pid").read_text()), f"http://127.0.0.1:{port}"
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -170,7 +174,7 @@ async def settle_run(settings: Settings, var: Path) -> AsyncIterator[tuple[Any, 
 async def test_sigterm_stops_settle_run_and_the_redis_it_started(
     settings: Settings, tmp_path: Path
 ) -> None:
-    async with settle_run(settings, tmp_path) as (proc, redis_pid):
+    async with settle_run(settings, tmp_path) as (proc, redis_pid, _):
         assert _alive(redis_pid)
         proc.terminate()
         assert await asyncio.to_thread(proc.wait, 30) == 0
@@ -180,14 +184,56 @@ async def test_sigterm_stops_settle_run_and_the_redis_it_started(
 async def test_after_a_kill_9_the_next_start_finds_nothing_in_its_way(
     settings: Settings, tmp_path: Path
 ) -> None:
-    async with settle_run(settings, tmp_path) as (proc, redis_pid):
+    async with settle_run(settings, tmp_path) as (proc, redis_pid, _):
         proc.kill()
         proc.wait()
         assert await _gone(redis_pid), "the bundled redis-server outlived a kill -9 of settle"
-    async with settle_run(settings, tmp_path) as (proc, redis_pid):
+    async with settle_run(settings, tmp_path) as (proc, redis_pid, _):
         proc.send_signal(signal.SIGINT)  # Ctrl+C
         assert await asyncio.to_thread(proc.wait, 30) == 0
         assert await _gone(redis_pid)
+
+
+async def test_settle_run_settles_with_its_own_defaults(settings: Settings, tmp_path: Path) -> None:
+    """The embedded deployment as ``make run`` starts it, SETTLE_PARTITIONS left to its
+    default (one partition on SQLite, 8 on PostgreSQL): transfers between demo users,
+    both ways, settle, and each completion reaches both parties' streams."""
+    assert settle(settings, "demo", SETTLE_VAR_DIR=str(tmp_path)).returncode == 0
+    async with (
+        settle_run(settings, tmp_path) as (_, _, url),
+        httpx.AsyncClient(base_url=url, timeout=10) as client,
+    ):
+        auth: dict[str, dict[str, str]] = {}
+        account: dict[str, str] = {}
+        for name in ("alice", "bob"):
+            made = await client.post(
+                "/api/tokens", json={"username": name, "password": DEMO_PASSWORD}
+            )
+            assert made.status_code == 201, made.text
+            auth[name] = {"Authorization": f"Bearer {made.json()['token']}"}
+            mine = await client.get("/api/accounts", headers=auth[name])
+            account[name] = mine.json()["accounts"][0]["id"]
+        async with (
+            connect(ws_url(url, account["alice"]), additional_headers=auth["alice"]) as to_alice,
+            connect(ws_url(url, account["bob"]), additional_headers=auth["bob"]) as to_bob,
+        ):
+            sent: set[str] = set()
+            for src, dst in [("alice", "bob"), ("bob", "alice"), ("alice", "bob")]:
+                order = {"from_account": account[src], "to_account": account[dst], "amount": "1.00"}
+                answer = await client.post("/api/transfers", json=order, headers=auth[src])
+                assert answer.status_code == 202, answer.text
+                sent.add(answer.json()["id"])
+            for ws in (to_alice, to_bob):
+                completed: set[str] = set()
+                while completed != sent:
+                    message = await recv(ws)
+                    if message["type"] == "transfer.completed":
+                        completed.add(message["transfer"]["id"])
+        balances = [
+            (await client.get(f"/api/accounts/{account[n]}", headers=auth[n])).json()["balance"]
+            for n in ("alice", "bob")
+        ]
+        assert [b["posted"] for b in balances] == ["999.00", "501.00"]
 
 
 async def test_accounts_lists_ids_owners_currencies_and_balances(stack: Stack) -> None:
@@ -217,7 +263,7 @@ def test_help_is_plain_text(settings: Settings) -> None:
 async def test_settle_run_is_quiet_and_ctrl_c_prints_no_traceback(
     settings: Settings, tmp_path: Path
 ) -> None:
-    async with settle_run(settings, tmp_path) as (proc, _):
+    async with settle_run(settings, tmp_path) as (proc, _, _):
         proc.send_signal(signal.SIGINT)  # Ctrl+C
         assert await asyncio.to_thread(proc.wait, 30) == 0
     log = (tmp_path / "run.log").read_text()
