@@ -69,6 +69,7 @@ class Live:
         return len(self.accepted) - len(self.completed)
 
 
+@loadgen.no_gc_pauses()
 async def drive(
     stack: Stack,
     senders: Sequence[User],
@@ -79,13 +80,6 @@ async def drive(
 ) -> Live:
     """Transfers of 0.01 from ``senders`` in turn to ``sink`` at ``rate`` per second
     (``ring``: each to the next sender instead)."""
-    with loadgen.no_gc_pauses():
-        return await _drive(stack, senders, sink, rate, seconds, ring)
-
-
-async def _drive(
-    stack: Stack, senders: Sequence[User], sink: User, rate: float, seconds: float, ring: bool
-) -> Live:
     seen: Seen = {}
     socks = [await subscribe(stack.url, u.account, u.token) for u in senders]
     listeners = [asyncio.create_task(listen(ws, seen)) for ws in socks]
@@ -131,16 +125,10 @@ async def _drive(
     return Live(accepted, completed, len(failed), since_post("transfer.pending"))
 
 
+@loadgen.no_gc_pauses()
 async def fan_out(stack: Stack, sender: User, subscriber: User, n: int, events: int) -> list[float]:
     """``events`` transfers from ``sender`` into an account with ``n`` subscribers; the
     pending event's delivery latency at each of them, from POST start."""
-    with loadgen.no_gc_pauses():
-        return await _fan_out(stack, sender, subscriber, n, events)
-
-
-async def _fan_out(
-    stack: Stack, sender: User, subscriber: User, n: int, events: int
-) -> list[float]:
     socks = await subscribe_many(stack.url, [(subscriber.account, subscriber.token)], n)
     seen: list[Seen] = [{} for _ in socks]
     listeners = [asyncio.create_task(listen(ws, s)) for ws, s in zip(socks, seen, strict=True)]

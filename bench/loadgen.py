@@ -15,7 +15,7 @@ import contextlib
 import dataclasses
 import gc
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from bench.stats import summary
@@ -121,13 +121,14 @@ class Run:
         }
 
 
-@contextlib.contextmanager
-def no_gc_pauses() -> Iterator[None]:
+@contextlib.asynccontextmanager
+async def no_gc_pauses() -> AsyncIterator[None]:
     """No cyclic garbage collection in the benchmark's own process while it measures (as
-    ``timeit`` does), after one collection first. Its full collections, with 10,000
-    client sockets' worth of objects alive, took up to 0.8 s here (logged through
-    ``gc.callbacks``; 0.19 s during one fan-out), and every latency it was timing grew
-    by as much. Only this process: the server under test collects as it always does."""
+    ``timeit`` does), after one collection first; also a decorator of the coroutines
+    that measure. Its full collections, with 10,000 client sockets' worth of objects
+    alive, took up to 0.8 s here (logged through ``gc.callbacks``; 0.19 s during one
+    fan-out), and every latency it was timing grew by as much. Only this process: the
+    server under test collects as it always does."""
     gc.collect()
     enabled = gc.isenabled()
     gc.disable()
@@ -138,6 +139,7 @@ def no_gc_pauses() -> Iterator[None]:
             gc.enable()
 
 
+@no_gc_pauses()
 async def closed_loop(
     host: str,
     port: int,
@@ -148,18 +150,6 @@ async def closed_loop(
 ) -> Run:
     """``clients`` connections, client c sending ``make(c, i)`` for its i-th request, for
     ``warmup_s + seconds``; only the answers that arrive in the last ``seconds`` count."""
-    with no_gc_pauses():
-        return await _closed_loop(host, port, clients, seconds, make, warmup_s)
-
-
-async def _closed_loop(
-    host: str,
-    port: int,
-    clients: int,
-    seconds: float,
-    make: Callable[[int, int], bytes],
-    warmup_s: float,
-) -> Run:
     conns = [await Connection.open(host, port) for _ in range(clients)]
     latencies: list[float] = []
     statuses: collections.Counter[int] = collections.Counter()
